@@ -1,0 +1,281 @@
+"""``ssd-check``: does an artifact (ONNX, FP16/INT8 ONNX, TensorRT plan) agree with PyTorch?
+
+Both sides see the same preprocessed batch. Raw heads are compared element-wise; detections are
+compared as matched sets (per class, greedy by score, IoU >= 0.5) because the order of equal scores
+is not defined (SPEC section 3). The reference side is the eager PyTorch model followed by the
+PyTorch reference Detect; the artifact side is the artifact followed by the runtime's numpy Detect,
+so the check covers the whole deployed path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .config import ConfigError, SSDConfig
+from .ops.boxes import box_iou
+from .preprocess import ImageError, preprocess
+from .runtime import Backend, BackendError, Detector
+
+#: What "agrees with PyTorch" means per precision. Head errors are max |artifact - torch| over the
+#: batch; detection agreement counts detections scoring >= min_score on either side.
+#: fp32: only float reassociation differs. fp16: 10-bit mantissa, ~1e-3 relative per op across
+#: ~20 layers. int8: 8-bit activations, a few percent per layer; detections must still mostly match.
+THRESHOLDS: dict[str, dict[str, float]] = {
+    "fp32": {"loc_max": 1e-3, "conf_max": 1e-4, "recall": 0.99, "precision": 0.99, "score_delta": 1e-3, "box_px": 0.5},
+    "fp16": {"loc_max": 5e-2, "conf_max": 5e-3, "recall": 0.95, "precision": 0.95, "score_delta": 2e-2, "box_px": 2.0},
+    "int8": {"loc_max": 0.5, "conf_max": 0.1, "recall": 0.80, "precision": 0.80, "score_delta": 0.15, "box_px": 12.0},
+}
+THRESHOLDS["mixed"] = THRESHOLDS["fp16"]
+
+
+@dataclass
+class ClassMatch:
+    matched: int = 0
+    missing: int = 0  # in the reference, not in the artifact
+    extra: int = 0  # in the artifact, not in the reference
+    score_deltas: list[float] = field(default_factory=list)
+    box_deltas_px: list[float] = field(default_factory=list)
+
+
+def match_detections(
+    ref_boxes: np.ndarray, ref_scores: np.ndarray, got_boxes: np.ndarray, got_scores: np.ndarray,
+    iou_thresh: float = 0.5,
+) -> tuple[int, int, int, np.ndarray, np.ndarray]:  # fmt: skip
+    """Greedy one-to-one matching of one class's detections (boxes in pixels).
+
+    Returns ``(matched, missing, extra, score_deltas, box_deltas)`` where box delta is the largest
+    corner displacement of a matched pair, in pixels.
+    """
+    n_ref, n_got = len(ref_scores), len(got_scores)
+    if n_ref == 0 or n_got == 0:
+        return 0, n_ref, n_got, np.zeros(0), np.zeros(0)
+    iou = box_iou(got_boxes, ref_boxes)  # [G, R]
+    order = np.argsort(-got_scores, kind="stable")
+    taken = np.zeros(n_ref, dtype=bool)
+    pairs = []
+    for g in order:  # a check tool, not the hot path: at most a few hundred detections per class
+        cand = np.where(taken, -1.0, iou[g])
+        r = int(np.argmax(cand))
+        if cand[r] >= iou_thresh:
+            taken[r] = True
+            pairs.append((g, r))
+    if not pairs:
+        return 0, n_ref, n_got, np.zeros(0), np.zeros(0)
+    gi, ri = (np.array(v) for v in zip(*pairs))
+    sd = np.abs(got_scores[gi] - ref_scores[ri])
+    bd = np.max(np.abs(got_boxes[gi] - ref_boxes[ri]), axis=1)
+    return len(pairs), n_ref - len(pairs), n_got - len(pairs), sd, bd
+
+
+@dataclass
+class CheckReport:
+    artifact: str
+    reference: str
+    precision: str
+    images: list[str]
+    min_score: float
+    heads: dict[str, dict[str, float]]
+    detections: dict[str, float]
+    thresholds: dict[str, float]
+    failures: list[str]
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["passed"] = self.passed
+        return d
+
+
+def reference_backend(artifact: Backend, weights: str | None) -> Backend:
+    """The PyTorch model the artifact was exported from (or ``weights`` if given)."""
+    from .runtime.pytorch import TorchBackend
+
+    if weights is not None:
+        return TorchBackend(weights, config=artifact.config)
+    meta = getattr(artifact, "metadata", {}) or {}
+    try:
+        info = json.loads(meta.get("ssd_deploy.weights", "{}"))
+    except json.JSONDecodeError:
+        info = {}
+    if info.get("source") == "seeded-init":
+        return TorchBackend(None, config=artifact.config, seed=int(info.get("seed", 0)))
+    if info.get("source") == "checkpoint" and Path(info.get("path", "")).is_file():
+        return TorchBackend(info["path"], config=artifact.config)
+    raise BackendError(
+        f"{artifact.path}: cannot tell which weights it was exported from; pass --weights CHECKPOINT"
+    )
+
+
+def _reference_detections(
+    loc: np.ndarray, conf: np.ndarray, det: Detector, sizes: Sequence[tuple[int, int]]
+) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Per image, per class (index = class id): (boxes in pixels, scores) from the torch reference."""
+    import torch
+
+    from .model.detect import detect_reference
+
+    out = detect_reference(
+        torch.from_numpy(loc), torch.from_numpy(conf), torch.from_numpy(det.priors),
+        det.variances, det.params,
+    ).numpy()  # fmt: skip
+    result = []
+    for b, (w, h) in enumerate(sizes):
+        scale = np.array([w, h, w, h], dtype=np.float64)
+        per_class = []
+        for c in range(out.shape[1]):
+            rows = out[b, c]
+            rows = rows[rows[:, 0] > 0]
+            per_class.append((rows[:, 1:] * scale, rows[:, 0].astype(np.float64)))
+        result.append(per_class)
+    return result
+
+
+def check_artifact(
+    engine: str | Path,
+    *,
+    weights: str | None = None,
+    images: Sequence[str | Path] | None = None,
+    min_score: float = 0.1,
+    batch: int = 4,
+    thresholds: dict[str, float] | None = None,
+    progress: Any = None,
+) -> CheckReport:
+    """Compare ``engine`` with the PyTorch reference on ``images`` (default: sample photos)."""
+    from .samples import sample_images
+
+    t0 = time.perf_counter()
+    det = Detector.load(engine)
+    ref = reference_backend(det.backend, weights)
+    files = [Path(p) for p in images] if images else sample_images()
+    limits = dict(THRESHOLDS.get(det.backend.precision, THRESHOLDS["fp32"]))
+    limits.update(thresholds or {})
+
+    head_err = {"loc": [0.0, 0.0, 0], "conf": [0.0, 0.0, 0]}  # max, sum, count
+    classes = det.config.num_classes
+    tot = ClassMatch()
+    for start in range(0, len(files), batch):
+        chunk = files[start:start + batch]
+        x, sizes = preprocess(chunk, det.config)
+        loc_a, conf_a = det.infer(x)
+        loc_r, conf_r = ref.run(x)
+        for name, a, r in (("loc", loc_a, loc_r), ("conf", conf_a, conf_r)):
+            d = np.abs(a.astype(np.float64) - r)
+            head_err[name][0] = max(head_err[name][0], float(d.max()))
+            head_err[name][1] += float(d.sum())
+            head_err[name][2] += d.size
+        got = det.postprocess(loc_a, conf_a, sizes)
+        want = _reference_detections(loc_r, conf_r, det, sizes)
+        for g, w in zip(got, want):
+            g = g.above(min_score)
+            for c in range(1, classes):
+                rb, rs = w[c]
+                keep = rs >= min_score
+                sel = g.class_ids == c
+                m, miss, extra, sd, bd = match_detections(rb[keep], rs[keep], g.boxes[sel].astype(np.float64),
+                                                          g.scores[sel].astype(np.float64))
+                tot.matched += m
+                tot.missing += miss
+                tot.extra += extra
+                tot.score_deltas.extend(sd.tolist())
+                tot.box_deltas_px.extend(bd.tolist())
+        if progress is not None:
+            progress(len(chunk))
+
+    heads = {k: {"max_abs": v[0], "mean_abs": v[1] / max(v[2], 1)} for k, v in head_err.items()}
+    n_ref = tot.matched + tot.missing
+    n_got = tot.matched + tot.extra
+    dets = {
+        "reference": n_ref, "artifact": n_got, "matched": tot.matched, "missing": tot.missing,
+        "extra": tot.extra,
+        "recall": tot.matched / n_ref if n_ref else 1.0,
+        "precision": tot.matched / n_got if n_got else 1.0,
+        "max_score_delta": max(tot.score_deltas, default=0.0),
+        "mean_score_delta": float(np.mean(tot.score_deltas)) if tot.score_deltas else 0.0,
+        "max_box_delta_px": max(tot.box_deltas_px, default=0.0),
+        "mean_box_delta_px": float(np.mean(tot.box_deltas_px)) if tot.box_deltas_px else 0.0,
+    }  # fmt: skip
+    failures = []
+    for key, val in (("loc_max", heads["loc"]["max_abs"]), ("conf_max", heads["conf"]["max_abs"]),
+                     ("score_delta", dets["max_score_delta"]), ("box_px", dets["max_box_delta_px"])):
+        if not val <= limits[key]:
+            failures.append(f"{key} {val:.3g} > {limits[key]:.3g}")
+    for key in ("recall", "precision"):
+        if not dets[key] >= limits[key]:
+            failures.append(f"detection {key} {dets[key]:.3f} < {limits[key]:.3f}")
+    report = CheckReport(
+        artifact=str(engine), reference=ref.path, precision=det.backend.precision,
+        images=[str(f) for f in files], min_score=min_score, heads=heads, detections=dets,
+        thresholds=limits, failures=failures, seconds=time.perf_counter() - t0,
+    )  # fmt: skip
+    det.close()
+    ref.close()
+    return report
+
+
+def print_report(report: CheckReport, console: Any) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"ssd-check {report.artifact} ({report.precision}) vs {report.reference}")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_column("limit", justify="right")
+    lim = report.thresholds
+    t.add_row("loc max abs err", f"{report.heads['loc']['max_abs']:.3g}", f"{lim['loc_max']:.3g}")
+    t.add_row("loc mean abs err", f"{report.heads['loc']['mean_abs']:.3g}", "")
+    t.add_row("conf max abs err", f"{report.heads['conf']['max_abs']:.3g}", f"{lim['conf_max']:.3g}")
+    t.add_row("conf mean abs err", f"{report.heads['conf']['mean_abs']:.3g}", "")
+    d = report.detections
+    t.add_row(f"detections (score >= {report.min_score}) ref / artifact", f"{d['reference']} / {d['artifact']}", "")
+    t.add_row("matched / missing / extra", f"{d['matched']} / {d['missing']} / {d['extra']}", "")
+    t.add_row("recall", f"{d['recall']:.4f}", f">= {lim['recall']}")
+    t.add_row("precision", f"{d['precision']:.4f}", f">= {lim['precision']}")
+    t.add_row("max score delta", f"{d['max_score_delta']:.3g}", f"{lim['score_delta']:.3g}")
+    t.add_row("max box delta (px)", f"{d['max_box_delta_px']:.3g}", f"{lim['box_px']:.3g}")
+    console.print(t)
+    verdict = "[green]PASS[/green]" if report.passed else "[red]FAIL[/red]: " + "; ".join(report.failures)
+    console.print(f"{len(report.images)} images, {report.seconds:.1f} s: {verdict}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from rich.console import Console
+
+    p = argparse.ArgumentParser(prog="ssd-check", description="Compare an SSD artifact with the PyTorch reference.")
+    p.add_argument("--engine", required=True, help=".onnx or .plan artifact to check")
+    p.add_argument("--weights", default=None,
+                   help="PyTorch checkpoint of the reference (default: what the artifact's metadata records)")
+    p.add_argument("--images", default=None, help="folder of images (default: bundled sample photos)")
+    p.add_argument("--json", default=None, help="write the report as JSON here")
+    p.add_argument("--min-score", type=float, default=0.1, help="compare detections scoring at least this")
+    p.add_argument("--batch", type=int, default=4)
+    args = p.parse_args(argv)
+    con, err = Console(highlight=False), Console(stderr=True, highlight=False)
+    try:
+        from .samples import list_images
+
+        images = list_images(args.images) if args.images else None
+        report = check_artifact(args.engine, weights=args.weights, images=images,
+                                min_score=args.min_score, batch=args.batch)
+    except (BackendError, ImageError, ConfigError, OSError, ValueError) as e:
+        err.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        return 2
+    print_report(report, con)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1))
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

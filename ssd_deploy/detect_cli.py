@@ -1,0 +1,105 @@
+"""``ssd-detect --engine ARTIFACT IMAGE... [--output DIR]``: detections as JSON and annotated PNGs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import ConfigError
+from .preprocess import ImageError, load_image
+from .runtime import BackendError, Detector
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ssd-detect", description="Run an SSD artifact on images.")
+    p.add_argument("--engine", required=True, help=".onnx, .plan or PyTorch checkpoint")
+    p.add_argument("images", nargs="*", help="image files or folders")
+    p.add_argument("--samples", action="store_true", help="also run on the bundled sample photos (scikit-image)")
+    p.add_argument("--output", "-o", default=None, help="folder for <image>.json and <image>.png")
+    p.add_argument("--min-score", type=float, default=0.3,
+                   help="report and draw detections scoring at least this (default 0.3)")
+    p.add_argument("--conf-thresh", type=float, default=None, help="Detect confidence threshold (model default)")
+    p.add_argument("--nms-thresh", type=float, default=None, help="NMS IoU threshold (model default)")
+    p.add_argument("--top-k", type=int, default=None, help="NMS candidates per class (model default)")
+    p.add_argument("--keep-top-k", type=int, default=None, help="cap detections per image (default: no cap)")
+    p.add_argument("--device", default=None, help="ONNX Runtime device: cpu (default), cuda, tensorrt, auto")
+    return p.parse_args(argv)
+
+
+def _collect(args: argparse.Namespace) -> list[Path]:
+    from .samples import list_images, sample_images
+
+    files: list[Path] = []
+    for item in args.images:
+        p = Path(item)
+        files.extend(list_images(p) if p.is_dir() else [p])
+    if args.samples:
+        files.extend(sample_images())
+    if not files:
+        raise ValueError("no images given: pass image files or folders, or --samples")
+    return files
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    args = _parse(argv)
+    con, err = Console(highlight=False), Console(stderr=True, highlight=False)
+    try:
+        files = _collect(args)
+        opts = {"device": args.device} if args.device and Path(args.engine).suffix == ".onnx" else {}
+        det = Detector.load(args.engine, **opts)
+        out = Path(args.output) if args.output else None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        table = Table(title=f"{det.config.name} on {det.backend.name} ({det.backend.precision})")
+        for col in ("image", "size", "detections", f"top (score >= {args.min_score})", "ms"):
+            table.add_column(col)
+        summary = []
+        for f in files:
+            rgb = load_image(f)
+            t0 = time.perf_counter()
+            res = det.detect(rgb, conf_thresh=args.conf_thresh, nms_thresh=args.nms_thresh,
+                             top_k=args.top_k, keep_top_k=args.keep_top_k)
+            ms = (time.perf_counter() - t0) * 1e3
+            shown = res.above(args.min_score)
+            top = ", ".join(f"{n} {s:.2f}" for n, s in zip(shown.class_names[:3], shown.scores[:3])) or "-"
+            table.add_row(f.name, f"{rgb.shape[1]}x{rgb.shape[0]}", str(len(shown)), top, f"{ms:.1f}")
+            record = {"image": str(f), **shown.to_dict()}
+            summary.append(record)
+            if out is not None:
+                from .draw import draw_detections
+
+                _write_atomic(out / f"{f.stem}.json", lambda t: Path(t).write_text(json.dumps(record, indent=1)))
+                _write_atomic(out / f"{f.stem}.png", lambda t: draw_detections(rgb, shown).save(t, format="PNG"))
+        con.print(table)
+        if out is not None:
+            con.print(f"wrote {len(files)} JSON + PNG pairs to {out}/")
+        else:
+            con.print_json(json.dumps(summary))
+        return 0
+    except (BackendError, ImageError, ConfigError, ValueError, OSError) as e:
+        err.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""``Detector``: images in, detections in original-image pixels out, on any backend, without torch."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence, Union
+
+import numpy as np
+
+from ..config import DetectParams, SSDConfig
+from ..postprocess import detect as _detect_normalised
+from ..postprocess import detect_array as _detect_array
+from ..preprocess import preprocess
+from ..priors import prior_boxes
+from .backend import Backend, BackendError
+
+ImageInput = Union[str, os.PathLike, bytes, np.ndarray, Any]  # Any: PIL.Image.Image
+
+_UNSET: Any = object()
+
+ONNX_SUFFIXES = (".onnx",)
+PLAN_SUFFIXES = (".plan", ".engine", ".trt")
+TORCH_SUFFIXES = (".pth", ".pt")
+
+
+@dataclass(frozen=True)
+class ImageDetections:
+    """Detections for one image, boxes in that image's pixels ``(x1, y1, x2, y2)``, best first."""
+
+    boxes: np.ndarray  # [K, 4] float32
+    scores: np.ndarray  # [K] float32
+    class_ids: np.ndarray  # [K] int64, 1..C-1
+    class_names: tuple[str, ...]
+    image_size: tuple[int, int]  # (width, height)
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "width": self.image_size[0],
+            "height": self.image_size[1],
+            "detections": [
+                {"class_id": int(c), "class_name": n, "score": round(float(s), 6),
+                 "box": [round(float(v), 2) for v in b]}
+                for b, s, c, n in zip(self.boxes, self.scores, self.class_ids, self.class_names)
+            ],
+        }  # fmt: skip
+
+    def above(self, score: float) -> "ImageDetections":
+        """Only the detections with a score of at least ``score``."""
+        keep = self.scores >= score
+        names = tuple(n for n, k in zip(self.class_names, keep) if k)
+        return ImageDetections(self.boxes[keep], self.scores[keep], self.class_ids[keep], names, self.image_size)
+
+
+def backend_for(path: str | os.PathLike[str], **options: Any) -> Backend:
+    """Open ``path`` with the backend its file type calls for."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        from .onnxrt import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(p, **options)
+    if suffix in PLAN_SUFFIXES:
+        from .tensorrt.backend import TensorRTBackend
+
+        return TensorRTBackend(p, **options)
+    if suffix in TORCH_SUFFIXES:
+        from .pytorch import TorchBackend
+
+        return TorchBackend(p, **options)
+    raise BackendError(
+        f"{p}: unknown artifact type {suffix or '(no suffix)'!r}; expected .onnx (ONNX Runtime), "
+        ".plan/.engine (TensorRT) or .pth/.pt (PyTorch checkpoint)"
+    )
+
+
+class Detector:
+    """SSD detection on one backend. Safe to share between threads.
+
+    >>> det = Detector.load("export/ssd300.onnx")          # doctest: +SKIP
+    >>> result = det.detect("street.jpg", conf_thresh=0.5)  # doctest: +SKIP
+    """
+
+    def __init__(self, backend: Backend, *, params: DetectParams | None = None) -> None:
+        self.backend = backend
+        self.config: SSDConfig = backend.config
+        self.params: DetectParams = params or self.config.detect
+        self.params.validate()
+        self.priors = prior_boxes(self.config.prior)
+        self.variances = self.config.variances
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, params: DetectParams | None = None, **backend_options: Any) -> "Detector":
+        """Open an ``.onnx``, ``.plan`` or PyTorch checkpoint; the config comes from the file."""
+        return cls(backend_for(path, **backend_options), params=params)
+
+    # -- running --------------------------------------------------------------------------------
+    def detect(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        conf_thresh: float | None = None,
+        nms_thresh: float | None = None,
+        top_k: int | None = None,
+        keep_top_k: int | None = _UNSET,
+        return_array: bool = False,
+    ) -> Any:
+        """Detect objects in one image or a list of images.
+
+        An image is a file path, encoded bytes, a PIL image or an ``H x W x 3`` uint8 array (RGB).
+        Returns one :class:`ImageDetections` for a single image, a list for a list. With
+        ``return_array=True`` also returns the classic ``[B, C, top_k, 5]`` array (normalised
+        boxes) as a second value. Thresholds default to the model's config.
+        """
+        results, array, _ = self._run(images, conf_thresh, nms_thresh, top_k, keep_top_k, return_array, None)
+        return (results, array) if return_array else results
+
+    def detect_timed(self, images: ImageInput | Sequence[ImageInput], **kwargs: Any) -> tuple[Any, dict[str, float]]:
+        """:meth:`detect` plus seconds per stage: preprocess, h2d, compute, d2h, postprocess, total."""
+        timings: dict[str, float] = {}
+        args = [kwargs.pop(k, d) for k, d in
+                (("conf_thresh", None), ("nms_thresh", None), ("top_k", None), ("keep_top_k", _UNSET))]
+        if kwargs:
+            raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
+        results, _, _ = self._run(images, *args, False, timings)
+        return results, timings
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw heads for a preprocessed batch ``[N,3,S,S]``: ``(loc [N,P,4], conf [N,P,C])``."""
+        return self._infer(batch, None)
+
+    def params_for(
+        self, conf_thresh: float | None = None, nms_thresh: float | None = None,
+        top_k: int | None = None, keep_top_k: int | None = _UNSET,
+    ) -> DetectParams:  # fmt: skip
+        changes: dict[str, Any] = {"conf_thresh": conf_thresh, "nms_thresh": nms_thresh, "top_k": top_k}
+        if keep_top_k is not _UNSET:
+            changes["keep_top_k"] = keep_top_k
+        else:
+            changes["keep_top_k"] = self.params.keep_top_k
+        return self.params.replace(**changes)
+
+    def postprocess(
+        self, loc: np.ndarray, conf: np.ndarray, sizes: Sequence[tuple[int, int]], params: DetectParams | None = None
+    ) -> list[ImageDetections]:
+        """Decode + Detect raw heads, boxes scaled to each ``(width, height)`` in ``sizes``."""
+        params = params or self.params
+        dets = _detect_normalised(loc, conf, self.priors, self.variances, params)
+        names = self.config.class_names
+        out = []
+        for d, (w, h) in zip(dets, sizes):
+            scale = np.array([w, h, w, h], dtype=np.float32)
+            labels = d.labels.astype(np.int64, copy=False)
+            out.append(ImageDetections(
+                boxes=(d.boxes * scale).astype(np.float32, copy=False), scores=d.scores,
+                class_ids=labels, class_names=tuple(names[i] for i in labels.tolist()),
+                image_size=(int(w), int(h)),
+            ))  # fmt: skip
+        return out
+
+    # -- internals ------------------------------------------------------------------------------
+    def _run(
+        self, images: Any, conf_thresh: float | None, nms_thresh: float | None, top_k: int | None,
+        keep_top_k: Any, return_array: bool, timings: dict[str, float] | None,
+    ) -> tuple[Any, np.ndarray | None, dict[str, float] | None]:  # fmt: skip
+        params = self.params_for(conf_thresh, nms_thresh, top_k, keep_top_k)
+        single = _is_single(images)
+        items = [images] if single else list(images)
+        if not items:
+            return ([] if not single else None), None, timings
+        t0 = time.perf_counter()
+        batch, sizes = preprocess(items, self.config)
+        t1 = time.perf_counter()
+        loc, conf = self._infer(batch, timings)
+        t2 = time.perf_counter()
+        results = self.postprocess(loc, conf, sizes, params)
+        array = _detect_array(loc, conf, self.priors, self.variances, params) if return_array else None
+        t3 = time.perf_counter()
+        if timings is not None:
+            timings.update(preprocess=t1 - t0, postprocess=t3 - t2, total=t3 - t0)
+            timings.setdefault("compute", t2 - t1)
+        return (results[0] if single else results), array, timings
+
+    def _infer(self, batch: np.ndarray, timings: dict[str, float] | None) -> tuple[np.ndarray, np.ndarray]:
+        s = self.config.size
+        if batch.ndim != 4 or batch.shape[1:] != (3, s, s):
+            raise ValueError(f"expected a batch [N,3,{s},{s}], got {batch.shape}")
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        lo, hi = self.backend.batch_range
+        n = batch.shape[0]
+        chunk = hi if hi is not None else n
+        locs, confs = [], []
+        for start in range(0, n, max(chunk, 1)):
+            part = batch[start:start + chunk]
+            m = part.shape[0]
+            if m < lo:  # static-batch artifacts: pad with zeros, drop the padding afterwards
+                part = np.concatenate([part, np.zeros((lo - m,) + part.shape[1:], np.float32)])
+            if timings is None:
+                loc, conf = self.backend.run(part)
+            else:
+                loc, conf, st = self.backend.run_timed(part)
+                for key, val in (("h2d", st.h2d), ("compute", st.compute), ("d2h", st.d2h)):
+                    timings[key] = timings.get(key, 0.0) + val
+            locs.append(loc[:m])
+            confs.append(conf[:m])
+        if len(locs) == 1:
+            return locs[0], confs[0]
+        return np.concatenate(locs), np.concatenate(confs)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Detector({self.config.name}, backend={self.backend.name}, precision={self.backend.precision}, "
+                f"path={self.backend.path!r})")
+
+
+def _is_single(images: Any) -> bool:
+    if isinstance(images, (str, os.PathLike, bytes, bytearray)):
+        return True
+    if isinstance(images, np.ndarray):
+        return images.ndim in (2, 3)
+    if isinstance(images, (list, tuple)):
+        return False
+    if isinstance(images, Iterable) and not hasattr(images, "getpixel"):
+        return False
+    return True

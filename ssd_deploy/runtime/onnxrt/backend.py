@@ -1,0 +1,142 @@
+"""Run an exported SSD ``.onnx`` file with ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ...config import METADATA_KEY, ConfigError, SSDConfig
+from ...priors import prior_boxes
+from ..backend import Backend, BackendError
+
+PRECISION_KEY = "ssd_deploy.precision"
+RECIPE_KEY = "ssd_deploy.recipe"
+WEIGHTS_KEY = "ssd_deploy.weights"
+
+_PROVIDER_ALIASES = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)") from None
+    return onnxruntime
+
+
+def resolve_providers(device: str | Sequence[str] | None, available: Sequence[str]) -> list[str]:
+    """Execution providers for ``device`` ("cpu" default, "cuda", "tensorrt", "auto", or a list)."""
+    if device is None or device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "auto":
+        wanted = _PROVIDER_ALIASES["cuda"]
+        return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+    wanted = list(_PROVIDER_ALIASES[device]) if isinstance(device, str) and device in _PROVIDER_ALIASES else (
+        [device] if isinstance(device, str) else list(device)
+    )
+    missing = [p for p in wanted if p not in available and p != "CPUExecutionProvider"]
+    if missing:
+        raise BackendError(
+            f"ONNX Runtime execution provider(s) {', '.join(missing)} not available here "
+            f"(available: {', '.join(available)}); install onnxruntime-gpu or use device='cpu'"
+        )
+    return wanted
+
+
+class OnnxRuntimeBackend(Backend):
+    """An ``InferenceSession`` over an ssd_deploy ONNX file. ``run`` is thread-safe (ORT's is)."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        device: str | Sequence[str] | None = None,
+        intra_op_threads: int | None = None,
+    ) -> None:
+        ort = _import_ort()
+        self.path = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise BackendError(f"{p}: no such file")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if intra_op_threads:
+            opts.intra_op_num_threads = int(intra_op_threads)
+        providers = resolve_providers(device, ort.get_available_providers())
+        try:
+            self._session = ort.InferenceSession(str(p), sess_options=opts, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise BackendError(f"{p}: ONNX Runtime cannot load it: {first}") from None
+        meta = self._session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta:
+            raise BackendError(
+                f"{p}: no '{METADATA_KEY}' in the ONNX metadata; export it with python -m ssd_deploy.export"
+            )
+        try:
+            self.config: SSDConfig = SSDConfig.from_json(meta[METADATA_KEY])
+        except ConfigError as e:
+            raise BackendError(f"{p}: {e}") from None
+        self.precision = meta.get(PRECISION_KEY, "fp32")
+        self.metadata: dict[str, str] = dict(meta)
+        self._check_io(p)
+        self._providers = self._session.get_providers()
+        self._priors_checked = False
+
+    def _check_io(self, p: Path) -> None:
+        ins = {i.name: i for i in self._session.get_inputs()}
+        outs = {o.name: o for o in self._session.get_outputs()}
+        if "images" not in ins or not {"loc", "conf"} <= outs.keys():
+            raise BackendError(
+                f"{p}: expected input 'images' and outputs 'loc', 'conf'; found inputs {sorted(ins)} "
+                f"outputs {sorted(outs)}"
+            )
+        shape = ins["images"].shape
+        s = self.config.size
+        if len(shape) != 4 or list(shape[1:]) != [3, s, s]:
+            raise BackendError(f"{p}: input 'images' has shape {shape}, the config says [N,3,{s},{s}]")
+        n = shape[0]
+        self._batch_range: tuple[int, int | None] = (n, n) if isinstance(n, int) else (1, None)
+        self._has_priors = "priors" in outs
+
+    @property
+    def batch_range(self) -> tuple[int, int | None]:
+        return self._batch_range
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.metadata.get(RECIPE_KEY, "{}")))
+        except json.JSONDecodeError:
+            return {}
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self._priors_checked and self._has_priors:
+            # The first call also fetches the file's priors and checks them against the config,
+            # so a file whose graph and metadata disagree is caught rather than decoded wrongly.
+            loc, conf, priors = self._session.run(["loc", "conf", "priors"], {"images": images})
+            expected = prior_boxes(self.config.prior)
+            if priors.shape != expected.shape or not np.allclose(priors, expected, atol=1e-5):
+                raise BackendError(f"{self.path}: the priors in the graph do not match its metadata config")
+            self._priors_checked = True
+            return loc, conf
+        loc, conf = self._session.run(["loc", "conf"], {"images": images})
+        return loc, conf
+
+    def describe(self) -> dict[str, object]:
+        import onnxruntime as ort
+
+        return {
+            "backend": self.name, "path": self.path, "precision": self.precision,
+            "providers": self._providers, "onnxruntime": ort.__version__,
+        }  # fmt: skip
