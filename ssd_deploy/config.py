@@ -37,6 +37,9 @@ COCO_CLASSES: tuple[str, ...] = (
 )  # fmt: skip
 
 
+CLIP_MODES = ("all", "wh", "none")
+
+
 class ConfigError(ValueError):
     """An SSD configuration (or its serialised form) is invalid."""
 
@@ -52,9 +55,15 @@ class PriorConfig:
     min_sizes: tuple[float, ...]
     max_sizes: tuple[float, ...]
     aspect_ratios: tuple[tuple[int, ...], ...]
-    clip: bool = True
+    #: "all": clip cx, cy, w, h to [0, 1] (ssd.pytorch); "wh": only w and h (torchvision);
+    #: "none". Booleans are accepted: True = "all", False = "none".
+    clip: str = "all"
 
     def __post_init__(self) -> None:
+        if isinstance(self.clip, bool):
+            object.__setattr__(self, "clip", "all" if self.clip else "none")
+        if self.clip not in CLIP_MODES:
+            raise ConfigError(f"prior config {self.name!r}: clip must be one of {CLIP_MODES}, got {self.clip!r}")
         n = len(self.feature_maps)
         for attr in ("steps", "min_sizes", "max_sizes", "aspect_ratios"):
             if len(getattr(self, attr)) != n:
@@ -199,7 +208,7 @@ class SSDConfig:
                 min_sizes=tuple(float(v) for v in p["min_sizes"]),
                 max_sizes=tuple(float(v) for v in p["max_sizes"]),
                 aspect_ratios=tuple(tuple(int(a) for a in ar) for ar in p["aspect_ratios"]),
-                clip=bool(p.get("clip", True)),
+                clip=p.get("clip", "all"),
             )  # fmt: skip
             det = DetectParams(**d.get("detect", {}))
             return cls(
@@ -249,7 +258,7 @@ def make_config(
     mean: Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
     detect: DetectParams | None = None,
-    clip_priors: bool = True,
+    clip_priors: bool | str = "all",
 ) -> SSDConfig:
     """Build a config from a preset name (``voc``/``coco``) and explicit overrides.
 
@@ -272,8 +281,8 @@ def make_config(
         if key not in PRIOR_CONFIGS:
             raise ConfigError(f"unknown prior config {key!r}; known: {', '.join(PRIOR_CONFIGS)}")
         pc = PRIOR_CONFIGS[key]
-    if not clip_priors:
-        pc = dataclasses.replace(pc, clip=False)
+    if clip_priors != pc.clip:
+        pc = dataclasses.replace(pc, clip=clip_priors)
     order = channel_order or "RGB"
     if mean is None:
         mean = (123.0, 117.0, 104.0) if order == "RGB" else (104.0, 117.0, 123.0)

@@ -99,16 +99,12 @@ def load_model(
     seed: int = 0,
 ) -> Any:
     """The reference SSD in phase ``"train"`` (heads + priors), weights loaded or seeded."""
-    from .model import SSD, init_weights, load_weights
+    from .model import SSD, init_weights, load_weights, warn_untrained
 
     model = SSD("train", config)
     init_weights(model, seed=seed)
     if weights is None:
-        warnings.warn(
-            "no --weights given: using seeded random weights; detections will be meaningless "
-            "(the export is still valid for testing the pipeline)",
-            stacklevel=2,
-        )
+        warn_untrained("the exported SSD (no --weights given; the export is still valid for testing the pipeline)")
     else:
         load_weights(model, weights)
     return model.eval()

@@ -35,6 +35,8 @@ def prior_boxes(cfg: PriorConfig) -> np.ndarray:
         block[:, :, 2:] = wh_arr[None]
         layers.append(block.reshape(-1, 4))
     out = np.concatenate(layers, axis=0)
-    if cfg.clip:
+    if cfg.clip == "all":
         np.clip(out, 0.0, 1.0, out=out)
+    elif cfg.clip == "wh":
+        np.clip(out[:, 2:], 0.0, 1.0, out=out[:, 2:])
     return out.astype(np.float32)

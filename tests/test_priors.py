@@ -71,3 +71,14 @@ def test_coco_differs_from_voc_only_in_sizes():
     v, c = prior_boxes(VOC300), prior_boxes(COCO300)
     np.testing.assert_array_equal(v[:, :2], c[:, :2])
     np.testing.assert_allclose(c[0, 2], 21 / 300, rtol=1e-6)
+
+
+def test_clip_modes():
+    raw = prior_boxes(dataclasses.replace(COCO300, clip="none"))
+    wh = prior_boxes(dataclasses.replace(COCO300, clip="wh"))
+    full = prior_boxes(COCO300)
+    # torchvision clips only w and h: centres beyond 1 (10x10 layer, step 32: 9.5/9.375) survive
+    assert wh[:, :2].max() > 1.0 and wh[:, 2:].max() <= 1.0
+    np.testing.assert_array_equal(wh[:, :2], raw[:, :2])
+    assert full.max() <= 1.0
+    assert dataclasses.replace(COCO300, clip=False).clip == "none"
