@@ -57,7 +57,7 @@ def test_single_and_list_results_in_pixels():
     det = Detector(FakeBackend())
     one = det.detect(_img(200, 400, True))
     assert isinstance(one, ImageDetections) and len(one) == 1
-    assert one.class_names == ("horse",) and one.class_ids.tolist() == [12]
+    assert one.class_names == ("dog",) and one.class_ids.tolist() == [12]
     assert one.image_size == (400, 200)
     cx, cy, w, h = FakeBackend().hot_box
     want = np.array([(cx - w / 2) * 400, (cy - h / 2) * 200, (cx + w / 2) * 400, (cy + h / 2) * 200])
@@ -75,7 +75,7 @@ def test_thresholds_per_call_and_array():
     assert arr.shape == (1, 21, 200, 5)
     assert arr[0, 12, 0, 0] == pytest.approx(0.9) and not arr[0, 0].any() and not arr[0, 12, 1].any()
     d = res[0].to_dict()
-    assert d["width"] == 50 and d["detections"][0]["class_name"] == "horse"
+    assert d["width"] == 50 and d["detections"][0]["class_name"] == "dog"
 
 
 def test_static_batch_is_padded_and_chunked():
