@@ -11,8 +11,8 @@ from typing import Any, Iterable, Sequence, Union
 import numpy as np
 
 from ..config import DetectParams, SSDConfig
+from ..postprocess import Detections, detect_both
 from ..postprocess import detect as _detect_normalised
-from ..postprocess import detect_array as _detect_array
 from ..preprocess import preprocess
 from ..priors import prior_boxes
 from .backend import Backend, BackendError
@@ -151,7 +151,9 @@ class Detector:
     ) -> list[ImageDetections]:
         """Decode + Detect raw heads, boxes scaled to each ``(width, height)`` in ``sizes``."""
         params = params or self.params
-        dets = _detect_normalised(loc, conf, self.priors, self.variances, params)
+        return self._to_pixels(_detect_normalised(loc, conf, self.priors, self.variances, params), sizes)
+
+    def _to_pixels(self, dets: Sequence[Detections], sizes: Sequence[tuple[int, int]]) -> list[ImageDetections]:
         names = self.config.class_names
         out = []
         for d, (w, h) in zip(dets, sizes):
@@ -179,8 +181,11 @@ class Detector:
         t1 = time.perf_counter()
         loc, conf = self._infer(batch, timings)
         t2 = time.perf_counter()
-        results = self.postprocess(loc, conf, sizes, params)
-        array = _detect_array(loc, conf, self.priors, self.variances, params) if return_array else None
+        if return_array:
+            dets, array = detect_both(loc, conf, self.priors, self.variances, params)
+            results = self._to_pixels(dets, sizes)
+        else:
+            results, array = self.postprocess(loc, conf, sizes, params), None
         t3 = time.perf_counter()
         if timings is not None:
             timings.update(preprocess=t1 - t0, postprocess=t3 - t2, total=t3 - t0)
