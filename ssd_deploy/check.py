@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import ConfigError, SSDConfig
+from .config import WEIGHTS_KEY, ConfigError
 from .ops.boxes import box_iou
 from .preprocess import ImageError, preprocess
 from .runtime import Backend, BackendError, Detector
@@ -28,10 +28,16 @@ from .runtime import Backend, BackendError, Detector
 #: batch; detection agreement counts detections scoring >= min_score on either side.
 #: fp32: only float reassociation differs. fp16: 10-bit mantissa, ~1e-3 relative per op across
 #: ~20 layers. int8: 8-bit activations, a few percent per layer; detections must still mostly match.
+#: fp16 and int8 limits are ~1.5-5x what was measured on the 8 sample photos with the seeded SSD300
+#: (ssd_deploy.quantize defaults, docs/precision.md): fp16 loc 0.0037, conf 0.00093, recall/precision
+#: 0.997; int8 (percentile, TensorRT graph) loc 0.59-0.69, conf 0.089-0.096, recall/precision
+#: 0.89-0.91, matched score delta 0.13-0.20. score_delta/box_px assume a matched pair is the same
+#: prior's detection; with random weights (~1600 overlapping detections per image) many pairs are
+#: neighbours, which inflates both maxima for every precision but fp32.
 THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"loc_max": 1e-3, "conf_max": 1e-4, "recall": 0.99, "precision": 0.99, "score_delta": 1e-3, "box_px": 0.5},
-    "fp16": {"loc_max": 5e-2, "conf_max": 5e-3, "recall": 0.95, "precision": 0.95, "score_delta": 2e-2, "box_px": 2.0},
-    "int8": {"loc_max": 0.5, "conf_max": 0.1, "recall": 0.80, "precision": 0.80, "score_delta": 0.15, "box_px": 12.0},
+    "fp16": {"loc_max": 2e-2, "conf_max": 5e-3, "recall": 0.98, "precision": 0.98, "score_delta": 2e-2, "box_px": 2.0},
+    "int8": {"loc_max": 1.0, "conf_max": 0.15, "recall": 0.85, "precision": 0.85, "score_delta": 0.25, "box_px": 12.0},
 }
 THRESHOLDS["mixed"] = THRESHOLDS["fp16"]
 
@@ -106,7 +112,7 @@ def reference_backend(artifact: Backend, weights: str | None) -> Backend:
         return TorchBackend(weights, config=artifact.config)
     meta = getattr(artifact, "metadata", {}) or {}
     try:
-        info = json.loads(meta.get("ssd_deploy.weights", "{}"))
+        info = json.loads(meta.get(WEIGHTS_KEY, "{}"))
     except json.JSONDecodeError:
         info = {}
     if info.get("source") == "seeded-init":

@@ -14,6 +14,11 @@ from typing import Any, Sequence
 
 #: ONNX ``metadata_props`` key (and plan-manifest key) under which the config is stored.
 METADATA_KEY = "ssd_deploy.config"
+#: The other metadata keys every artifact carries (see export/README.md).
+PRECISION_KEY = "ssd_deploy.precision"
+RECIPE_KEY = "ssd_deploy.recipe"
+WEIGHTS_KEY = "ssd_deploy.weights"
+VERSION_KEY = "ssd_deploy.version"
 #: Version of the serialised layout; bumped on incompatible changes.
 SCHEMA_VERSION = 1
 

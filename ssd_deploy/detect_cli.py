@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from .config import ConfigError
+from .fileio import atomic_output, atomic_write
 from .preprocess import ImageError, load_image
 from .runtime import BackendError, Detector
 
@@ -46,17 +45,6 @@ def _collect(args: argparse.Namespace) -> list[Path]:
     return files
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -88,8 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if out is not None:
                 from .draw import draw_detections
 
-                _write_atomic(out / f"{f.stem}.json", lambda t: Path(t).write_text(json.dumps(record, indent=1)))
-                _write_atomic(out / f"{f.stem}.png", lambda t: draw_detections(rgb, shown).save(t, format="PNG"))
+                atomic_write(out / f"{f.stem}.json", json.dumps(record, indent=1).encode())
+                with atomic_output(out / f"{f.stem}.png") as tmp:
+                    draw_detections(rgb, shown).save(tmp, format="PNG")
         con.print(table)
         if out is not None:
             con.print(f"wrote {len(files)} JSON + PNG pairs to {out}/")

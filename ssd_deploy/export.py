@@ -15,7 +15,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -24,13 +23,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import METADATA_KEY, ConfigError, SSDConfig, make_config
+from .config import METADATA_KEY, PRECISION_KEY, RECIPE_KEY, VERSION_KEY, WEIGHTS_KEY, ConfigError, SSDConfig, make_config
+from .fileio import atomic_output
 
 #: Metadata keys written next to the config.
-PRECISION_KEY = "ssd_deploy.precision"
-RECIPE_KEY = "ssd_deploy.recipe"
-WEIGHTS_KEY = "ssd_deploy.weights"
-VERSION_KEY = "ssd_deploy.version"
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("loc", "conf", "priors")
@@ -177,10 +173,7 @@ def export_onnx(
 
     say(f"tracing {config.name} ({config.num_classes} classes, {config.num_priors} priors, opset {opset})")
     batch = torch.export.Dim("batch", min=1, max=4096)
-    fd, tmp_name = tempfile.mkstemp(prefix=".ssd_export_", suffix=".onnx", dir=parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_output(out, make_parents=False) as tmp:
         sink = io.StringIO()
         # The exporter prints step banners and warnings of its own; keep our output readable and
         # surface them only if it fails.
@@ -211,10 +204,6 @@ def export_onnx(
         if verify:
             say(f"verifying with ONNX Runtime (CPU) against PyTorch at batch {verify_batch}")
             report.max_abs_diff = verify_export(module, tmp, config, batch=verify_batch)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -9,13 +9,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ...config import METADATA_KEY, ConfigError, SSDConfig
+from ...config import METADATA_KEY, PRECISION_KEY, RECIPE_KEY, WEIGHTS_KEY, ConfigError, SSDConfig
 from ...priors import prior_boxes
 from ..backend import Backend, BackendError
 
-PRECISION_KEY = "ssd_deploy.precision"
-RECIPE_KEY = "ssd_deploy.recipe"
-WEIGHTS_KEY = "ssd_deploy.weights"
 
 _PROVIDER_ALIASES = {
     "cpu": ["CPUExecutionProvider"],
@@ -108,6 +105,11 @@ class OnnxRuntimeBackend(Backend):
         n = shape[0]
         self._batch_range: tuple[int, int | None] = (n, n) if isinstance(n, int) else (1, None)
         self._has_priors = "priors" in outs
+
+    @property
+    def session(self) -> Any:
+        """The underlying ``onnxruntime.InferenceSession`` (for benchmarks and advanced use)."""
+        return self._session
 
     @property
     def batch_range(self) -> tuple[int, int | None]:

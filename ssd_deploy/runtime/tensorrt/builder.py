@@ -6,7 +6,7 @@ only sets what is independent of precision: optimization profiles for the dynami
 workspace, optimization level, version and hardware compatibility, and a timing cache.
 
 The TensorRT API is used directly (no Polygraphy) so every call is visible to the API contract
-test in ``tests/tensorrt`` and checked against the real 11.4 bindings.
+test in ``tests/trt_api`` and checked against the real 11.4 bindings.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, NamedTuple, Protocol
 
-from ...config import METADATA_KEY, ConfigError, SSDConfig
+from ...config import METADATA_KEY, PRECISION_KEY, RECIPE_KEY, ConfigError, SSDConfig
 from . import _import
 from .cuda import Cuda
 from .manifest import (
@@ -36,8 +36,6 @@ from .manifest import (
 )
 from .trtlog import make_logger
 
-PRECISION_KEY = "ssd_deploy.precision"
-RECIPE_KEY = "ssd_deploy.recipe"
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_NAME = "images"
 REQUIRED_OUTPUTS = ("loc", "conf")

@@ -13,11 +13,11 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...fileio import atomic_write
 from ..backend import BackendError
 from ._import import version_tuple
 
@@ -109,23 +109,6 @@ class PlanManifest:
 def write_manifest(manifest: PlanManifest, path: str | os.PathLike[str]) -> Path:
     """Write atomically (temp file in the same folder + rename)."""
     return atomic_write(path, manifest.to_json().encode())
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes | memoryview) -> Path:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    dst = Path(path)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dst
 
 
 def read_manifest(plan: str | os.PathLike[str]) -> PlanManifest:
