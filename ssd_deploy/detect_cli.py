@@ -50,7 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.table import Table
 
     args = _parse(argv)
-    con, err = Console(highlight=False), Console(stderr=True, highlight=False)
+    # Pipes and CI logs get a fixed, wide table instead of rich's 80-column fallback.
+    con = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
+    err = Console(stderr=True, highlight=False)
     try:
         files = _collect(args)
         opts = {"device": args.device} if args.device and Path(args.engine).suffix == ".onnx" else {}
@@ -59,8 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
         table = Table(title=f"{det.config.name} on {det.backend.name} ({det.backend.precision})")
-        for col in ("image", "size", "detections", f"top (score >= {args.min_score})", "ms"):
-            table.add_column(col)
+        for col in ("image", "size", f"n >= {args.min_score}", "best", "ms"):
+            table.add_column(col, no_wrap=True, overflow="ellipsis")
         summary = []
         for f in files:
             rgb = load_image(f)
@@ -69,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              top_k=args.top_k, keep_top_k=args.keep_top_k)
             ms = (time.perf_counter() - t0) * 1e3
             shown = res.above(args.min_score)
-            top = ", ".join(f"{n} {s:.2f}" for n, s in zip(shown.class_names[:3], shown.scores[:3])) or "-"
+            top = f"{shown.class_names[0]} {shown.scores[0]:.2f}" if len(shown) else "-"
             table.add_row(f.name, f"{rgb.shape[1]}x{rgb.shape[0]}", str(len(shown)), top, f"{ms:.1f}")
             record = {"image": str(f), **shown.to_dict()}
             summary.append(record)
