@@ -25,19 +25,25 @@ from .preprocess import ImageError, preprocess
 from .runtime import Backend, BackendError, Detector
 
 #: What "agrees with PyTorch" means per precision. Head errors are max |artifact - torch| over the
-#: batch; detection agreement counts detections scoring >= min_score on either side.
+#: batch; detection agreement counts detections scoring >= min_score on either side, paired per
+#: class greedily at IoU >= 0.5. ``score_delta`` and ``box_px`` limit the 95th percentile over the
+#: matched pairs, ``box_px`` in pixels of the S x S network input so the limit does not depend on
+#: the photos' sizes (deltas in original-image pixels are reported too). Percentiles, because when
+#: a near-tie makes NMS keep a neighbouring box instead, the pair is two different priors and its
+#: delta measures the neighbour's distance, not numeric error, so the max (reported too) is
+#: dominated by those flips: with random weights, ~1600 overlapping detections per image, FP16's
+#: max box delta was 51 image px while its p95 was 0.03.
 #: fp32: only float reassociation differs. fp16: 10-bit mantissa, ~1e-3 relative per op across
 #: ~20 layers. int8: 8-bit activations, a few percent per layer; detections must still mostly match.
 #: fp16 and int8 limits are ~1.5-5x what was measured on the 8 sample photos with the seeded SSD300
 #: (ssd_deploy.quantize defaults, docs/precision.md): fp16 loc 0.0037, conf 0.00093, recall/precision
 #: 0.997; int8 (percentile, TensorRT graph) loc 0.59-0.69, conf 0.089-0.096, recall/precision
-#: 0.89-0.91, matched score delta 0.13-0.20. score_delta/box_px assume a matched pair is the same
-#: prior's detection; with random weights (~1600 overlapping detections per image) many pairs are
-#: neighbours, which inflates both maxima for every precision but fp32.
+#: 0.89-0.91.
 THRESHOLDS: dict[str, dict[str, float]] = {
-    "fp32": {"loc_max": 1e-3, "conf_max": 1e-4, "recall": 0.99, "precision": 0.99, "score_delta": 1e-3, "box_px": 0.5},
-    "fp16": {"loc_max": 2e-2, "conf_max": 5e-3, "recall": 0.98, "precision": 0.98, "score_delta": 2e-2, "box_px": 2.0},
-    "int8": {"loc_max": 1.0, "conf_max": 0.15, "recall": 0.85, "precision": 0.85, "score_delta": 0.25, "box_px": 12.0},
+    "fp32": {"loc_max": 1e-3, "conf_max": 1e-4, "recall": 0.99, "precision": 0.99, "score_delta": 1e-3, "box_px": 0.1},
+    "fp16": {"loc_max": 2e-2, "conf_max": 5e-3, "recall": 0.98, "precision": 0.98, "score_delta": 5e-3, "box_px": 0.5},
+    # box_px: 3 % of a 300 input
+    "int8": {"loc_max": 1.0, "conf_max": 0.15, "recall": 0.85, "precision": 0.85, "score_delta": 0.08, "box_px": 9.0},
 }
 THRESHOLDS["mixed"] = THRESHOLDS["fp16"]
 
@@ -48,7 +54,8 @@ class ClassMatch:
     missing: int = 0  # in the reference, not in the artifact
     extra: int = 0  # in the artifact, not in the reference
     score_deltas: list[float] = field(default_factory=list)
-    box_deltas_px: list[float] = field(default_factory=list)
+    box_deltas_px: list[float] = field(default_factory=list)  # original-image pixels
+    box_deltas_input_px: list[float] = field(default_factory=list)  # pixels of the S x S network input
 
 
 def match_detections(
@@ -57,12 +64,12 @@ def match_detections(
 ) -> tuple[int, int, int, np.ndarray, np.ndarray]:  # fmt: skip
     """Greedy one-to-one matching of one class's detections (boxes in pixels).
 
-    Returns ``(matched, missing, extra, score_deltas, box_deltas)`` where box delta is the largest
-    corner displacement of a matched pair, in pixels.
+    Returns ``(matched, missing, extra, score_deltas, box_deltas)`` where ``box_deltas`` is
+    ``[matched, 4]``: the absolute difference of each corner coordinate of a matched pair.
     """
     n_ref, n_got = len(ref_scores), len(got_scores)
     if n_ref == 0 or n_got == 0:
-        return 0, n_ref, n_got, np.zeros(0), np.zeros(0)
+        return 0, n_ref, n_got, np.zeros(0), np.zeros((0, 4))
     iou = box_iou(got_boxes, ref_boxes)  # [G, R]
     order = np.argsort(-got_scores, kind="stable")
     taken = np.zeros(n_ref, dtype=bool)
@@ -74,10 +81,10 @@ def match_detections(
             taken[r] = True
             pairs.append((g, r))
     if not pairs:
-        return 0, n_ref, n_got, np.zeros(0), np.zeros(0)
+        return 0, n_ref, n_got, np.zeros(0), np.zeros((0, 4))
     gi, ri = (np.array(v) for v in zip(*pairs))
     sd = np.abs(got_scores[gi] - ref_scores[ri])
-    bd = np.max(np.abs(got_boxes[gi] - ref_boxes[ri]), axis=1)
+    bd = np.abs(got_boxes[gi] - ref_boxes[ri])
     return len(pairs), n_ref - len(pairs), n_got - len(pairs), sd, bd
 
 
@@ -88,6 +95,7 @@ class CheckReport:
     precision: str
     images: list[str]
     min_score: float
+    input_size: int
     heads: dict[str, dict[str, float]]
     detections: dict[str, float]
     thresholds: dict[str, float]
@@ -102,6 +110,15 @@ class CheckReport:
         d = asdict(self)
         d["passed"] = self.passed
         return d
+
+
+def _spread(name: str, values: list[float]) -> dict[str, float]:
+    """max, mean and 95th percentile of a list of deltas (zeros when empty)."""
+    if not values:
+        return {f"max_{name}": 0.0, f"mean_{name}": 0.0, f"p95_{name}": 0.0}
+    arr = np.asarray(values)
+    return {f"max_{name}": float(arr.max()), f"mean_{name}": float(arr.mean()),
+            f"p95_{name}": float(np.percentile(arr, 95))}
 
 
 def reference_backend(artifact: Backend, weights: str | None) -> Backend:
@@ -183,8 +200,9 @@ def check_artifact(
             head_err[name][2] += d.size
         got = det.postprocess(loc_a, conf_a, sizes)
         want = _reference_detections(loc_r, conf_r, det, sizes)
-        for g, w in zip(got, want):
+        for g, w, (width, height) in zip(got, want, sizes):
             g = g.above(min_score)
+            to_input = det.config.size / np.array([width, height, width, height], dtype=np.float64)
             for c in range(1, classes):
                 rb, rs = w[c]
                 keep = rs >= min_score
@@ -195,7 +213,8 @@ def check_artifact(
                 tot.missing += miss
                 tot.extra += extra
                 tot.score_deltas.extend(sd.tolist())
-                tot.box_deltas_px.extend(bd.tolist())
+                tot.box_deltas_px.extend(bd.max(axis=1).tolist())
+                tot.box_deltas_input_px.extend((bd * to_input).max(axis=1).tolist())
         if progress is not None:
             progress(len(chunk))
 
@@ -207,14 +226,12 @@ def check_artifact(
         "extra": tot.extra,
         "recall": tot.matched / n_ref if n_ref else 1.0,
         "precision": tot.matched / n_got if n_got else 1.0,
-        "max_score_delta": max(tot.score_deltas, default=0.0),
-        "mean_score_delta": float(np.mean(tot.score_deltas)) if tot.score_deltas else 0.0,
-        "max_box_delta_px": max(tot.box_deltas_px, default=0.0),
-        "mean_box_delta_px": float(np.mean(tot.box_deltas_px)) if tot.box_deltas_px else 0.0,
+        **_spread("score_delta", tot.score_deltas), **_spread("box_delta_px", tot.box_deltas_px),
+        **_spread("box_delta_input_px", tot.box_deltas_input_px),
     }  # fmt: skip
     failures = []
     for key, val in (("loc_max", heads["loc"]["max_abs"]), ("conf_max", heads["conf"]["max_abs"]),
-                     ("score_delta", dets["max_score_delta"]), ("box_px", dets["max_box_delta_px"])):
+                     ("score_delta", dets["p95_score_delta"]), ("box_px", dets["p95_box_delta_input_px"])):
         if not val <= limits[key]:
             failures.append(f"{key} {val:.3g} > {limits[key]:.3g}")
     for key in ("recall", "precision"):
@@ -222,7 +239,7 @@ def check_artifact(
             failures.append(f"detection {key} {dets[key]:.3f} < {limits[key]:.3f}")
     report = CheckReport(
         artifact=str(engine), reference=ref.path, precision=det.backend.precision,
-        images=[str(f) for f in files], min_score=min_score, heads=heads, detections=dets,
+        images=[str(f) for f in files], min_score=min_score, input_size=det.config.size, heads=heads, detections=dets,
         thresholds=limits, failures=failures, seconds=time.perf_counter() - t0,
     )  # fmt: skip
     det.close()
@@ -247,8 +264,12 @@ def print_report(report: CheckReport, console: Any) -> None:
     t.add_row("matched / missing / extra", f"{d['matched']} / {d['missing']} / {d['extra']}", "")
     t.add_row("recall", f"{d['recall']:.4f}", f">= {lim['recall']}")
     t.add_row("precision", f"{d['precision']:.4f}", f">= {lim['precision']}")
-    t.add_row("max score delta", f"{d['max_score_delta']:.3g}", f"{lim['score_delta']:.3g}")
-    t.add_row("max box delta (px)", f"{d['max_box_delta_px']:.3g}", f"{lim['box_px']:.3g}")
+    t.add_row("score delta p95 / max", f"{d['p95_score_delta']:.3g} / {d['max_score_delta']:.3g}",
+              f"p95 {lim['score_delta']:.3g}")
+    s = report.input_size
+    t.add_row(f"box delta, {s}x{s} input px, p95 / max",
+              f"{d['p95_box_delta_input_px']:.3g} / {d['max_box_delta_input_px']:.3g}", f"p95 {lim['box_px']:.3g}")
+    t.add_row("box delta, image px, p95 / max", f"{d['p95_box_delta_px']:.3g} / {d['max_box_delta_px']:.3g}", "")
     console.print(t)
     verdict = "[green]PASS[/green]" if report.passed else "[red]FAIL[/red]: " + "; ".join(report.failures)
     console.print(f"{len(report.images)} images, {report.seconds:.1f} s: {verdict}")
