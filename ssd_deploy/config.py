@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 #: ONNX ``metadata_props`` key (and plan-manifest key) under which the config is stored.
 METADATA_KEY = "ssd_deploy.config"
@@ -228,6 +228,21 @@ class SSDConfig:
             raise
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ConfigError(f"malformed SSD config: {type(e).__name__}: {e}") from None
+
+    @classmethod
+    def from_metadata(cls, meta: "Mapping[str, str]", source: str) -> "SSDConfig":
+        """The config stored under :data:`METADATA_KEY` in an artifact's metadata.
+
+        Raises :class:`ConfigError` naming ``source`` (the file) when it is missing or malformed.
+        """
+        if METADATA_KEY not in meta:
+            raise ConfigError(
+                f"{source}: no '{METADATA_KEY}' in its metadata; export it with python -m ssd_deploy.export"
+            )
+        try:
+            return cls.from_json(meta[METADATA_KEY])
+        except ConfigError as e:
+            raise ConfigError(f"{source}: bad '{METADATA_KEY}' metadata: {e}") from None
 
     @classmethod
     def from_json(cls, text: str) -> "SSDConfig":

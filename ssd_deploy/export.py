@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .config import METADATA_KEY, PRECISION_KEY, RECIPE_KEY, VERSION_KEY, WEIGHTS_KEY, ConfigError, SSDConfig, make_config
-from .fileio import atomic_output
+from .fileio import atomic_output, output_problem
 
 #: Metadata keys written next to the config.
 
@@ -150,15 +150,9 @@ def export_onnx(
     say = log or (lambda msg: None)
     out = Path(output)
     t0 = time.perf_counter()
-    if out.exists() and out.is_dir():
-        raise ExportError(f"{out}: is a directory, expected a .onnx file path")
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"{out}: cannot create the output folder ({e.strerror})") from None
-    if not os.access(parent, os.W_OK):
-        raise ExportError(f"{out}: the output folder {parent} is not writable")
+    problem = output_problem(out)
+    if problem:
+        raise ExportError(problem)
 
     module = build_export_module(model)
     size = config.size

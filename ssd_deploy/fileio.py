@@ -19,6 +19,21 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
+def output_problem(path: str | os.PathLike[str]) -> str | None:
+    """Create ``path``'s folder if needed; a one-line reason when the file cannot be written there."""
+    out = Path(path)
+    if out.is_dir():
+        return f"{out}: is a directory, expected a file path"
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"{out}: cannot create the output folder ({e.strerror})"
+    if not os.access(parent, os.W_OK):
+        return f"{out}: the output folder {parent} is not writable"
+    return None
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str], *, make_parents: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.

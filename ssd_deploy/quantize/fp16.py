@@ -23,7 +23,17 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import FLOAT, FLOAT16, GraphIndex, NodeReport, find_l2norm, module_scope, select_nodes, toposort
+from .graph import (
+    FLOAT,
+    FLOAT16,
+    GraphIndex,
+    NodeReport,
+    find_l2norm,
+    module_scope,
+    name_allocator,
+    select_nodes,
+    toposort,
+)
 from .ranges import TensorStats
 
 FP16_MAX = 65504.0
@@ -229,14 +239,7 @@ def convert_fp16(model: onnx.ModelProto, fp16_nodes: set[str] | Sequence[str]) -
     if bad:
         raise ValueError(f"cannot convert {', '.join(sorted(bad))} to FP16 (op type not convertible)")
 
-    taken = set(idx.producer) | set(idx.initializers) | set(idx.graph_inputs)
-
-    def fresh(base: str) -> str:
-        name, k = base, 1
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        taken.add(name)
-        return name
+    fresh = name_allocator(idx)
 
     new_nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []

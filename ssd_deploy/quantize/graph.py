@@ -15,7 +15,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import onnx
 from onnx import NodeProto, TensorProto, numpy_helper
@@ -261,6 +261,20 @@ class GraphIndex:
 
 
 # -- SSD hazards ----------------------------------------------------------------------------------
+
+
+def name_allocator(idx: "GraphIndex") -> "Callable[[str], str]":
+    """A function returning tensor names unused in ``idx``'s graph (``base``, ``base_1``, ...)."""
+    taken = set(idx.producer) | set(idx.initializers) | set(idx.graph_inputs)
+
+    def fresh(base: str) -> str:
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
+    return fresh
 
 
 @dataclass

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .graph import GraphIndex, NodeReport, module_scope, select_nodes, toposort
+from .graph import GraphIndex, NodeReport, module_scope, name_allocator, select_nodes, toposort
 from .ranges import QMAX, TensorStats
 
 #: Ops whose inputs get Q/DQ (TensorRT runs them in INT8 and fuses the surrounding scales).
@@ -182,14 +182,7 @@ def build_int8(
     m.CopyFrom(model)
     idx = GraphIndex(m)
     g = m.graph
-    taken = set(idx.producer) | set(idx.initializers) | set(idx.graph_inputs)
-
-    def fresh(base: str) -> str:
-        name, k = base, 1
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        taken.add(name)
-        return name
+    fresh = name_allocator(idx)
 
     new_nodes: list[onnx.NodeProto] = []
     new_inits: list[TensorProto] = []

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from ..config import METADATA_KEY, PRECISION_KEY, RECIPE_KEY, ConfigError, SSDConfig
-from ..fileio import atomic_write
+from ..fileio import atomic_write, output_problem
 from .calibration import (
     Calibration,
     CalibrationError,
@@ -72,14 +72,10 @@ def _load_source(onnx_path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, SS
     except GraphError as e:
         raise QuantizeError(str(e)) from None
     meta = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY not in meta:
-        raise QuantizeError(
-            f"{onnx_path}: no '{METADATA_KEY}' metadata; export it with python -m ssd_deploy.export"
-        )
     try:
-        config = SSDConfig.from_json(meta[METADATA_KEY])
+        config = SSDConfig.from_metadata(meta, str(onnx_path))
     except ConfigError as e:
-        raise QuantizeError(f"{onnx_path}: {e}") from None
+        raise QuantizeError(str(e)) from None
     precision = meta.get(PRECISION_KEY, "fp32")
     if precision != "fp32":
         raise QuantizeError(f"{onnx_path}: is already {precision}; convert the FP32 export instead")
@@ -91,15 +87,9 @@ def _load_source(onnx_path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, SS
 def _check_output(source: Path, output: Path) -> None:
     if output.resolve() == source.resolve():
         raise QuantizeError(f"{output}: the output would overwrite the input model")
-    if output.is_dir():
-        raise QuantizeError(f"{output}: is a directory, expected a .onnx file path")
-    parent = output.parent if str(output.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise QuantizeError(f"{output}: cannot create the output folder ({e.strerror})") from None
-    if not os.access(parent, os.W_OK):
-        raise QuantizeError(f"{output}: the output folder {parent} is not writable")
+    problem = output_problem(output)
+    if problem:
+        raise QuantizeError(problem)
 
 
 def _save(model: onnx.ModelProto, output: Path) -> None:

@@ -87,7 +87,7 @@ def test_read_onnx_info_infers_precision_without_metadata(tmp_path, voc):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"metadata": False}, "no 'ssd_deploy.config' metadata"),
+        ({"metadata": False}, "no 'ssd_deploy.config' in its metadata"),
         ({"config": "voc512"}, "the config says [3, 512, 512]"),
     ],
 )

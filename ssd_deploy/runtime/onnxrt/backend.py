@@ -76,14 +76,10 @@ class OnnxRuntimeBackend(Backend):
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise BackendError(f"{p}: ONNX Runtime cannot load it: {first}") from None
         meta = self._session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in meta:
-            raise BackendError(
-                f"{p}: no '{METADATA_KEY}' in the ONNX metadata; export it with python -m ssd_deploy.export"
-            )
         try:
-            self.config: SSDConfig = SSDConfig.from_json(meta[METADATA_KEY])
+            self.config: SSDConfig = SSDConfig.from_metadata(meta, str(p))
         except ConfigError as e:
-            raise BackendError(f"{p}: {e}") from None
+            raise BackendError(str(e)) from None
         self.precision = meta.get(PRECISION_KEY, "fp32")
         self.metadata: dict[str, str] = dict(meta)
         self._check_io(p)

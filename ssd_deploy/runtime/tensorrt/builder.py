@@ -123,14 +123,10 @@ def read_onnx_info(path: str | os.PathLike[str]) -> OnnxInfo:
             f"{p}: not a readable ONNX model ({type(e).__name__}: {_import.one_line(e)})"
         ) from None
     meta = {prop.key: prop.value for prop in model.metadata_props}
-    if METADATA_KEY not in meta:
-        raise BuildError(
-            f"{p}: no '{METADATA_KEY}' metadata; export the model with python -m ssd_deploy.export"
-        )
     try:
-        config = SSDConfig.from_json(meta[METADATA_KEY])
+        config = SSDConfig.from_metadata(meta, str(p))
     except ConfigError as e:
-        raise BuildError(f"{p}: bad '{METADATA_KEY}' metadata: {e}") from None
+        raise BuildError(str(e)) from None
 
     initializers = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
