@@ -27,7 +27,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--nms-thresh", type=float, default=None, help="NMS IoU threshold (model default)")
     p.add_argument("--top-k", type=int, default=None, help="NMS candidates per class (model default)")
     p.add_argument("--keep-top-k", type=int, default=None, help="cap detections per image (default: no cap)")
-    p.add_argument("--device", default=None, help="ONNX Runtime device: cpu (default), cuda, tensorrt, auto")
+    p.add_argument("--device", default=None, help="ONNX Runtime device: auto (default: CUDA when onnxruntime-gpu has it, else CPU), cpu, cuda, tensorrt")
     return p.parse_args(argv)
 
 

@@ -164,3 +164,16 @@ def test_detector_shared_by_threads(ssd300_onnx, sample_paths):
         assert r.class_ids.tolist() == s.class_ids.tolist()
         np.testing.assert_array_equal(r.scores, s.scores)
         np.testing.assert_array_equal(r.boxes, s.boxes)
+
+
+def test_provider_resolution():
+    from ssd_deploy.runtime.onnxrt.backend import resolve_providers
+
+    cpu_only = ["CPUExecutionProvider"]
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers(None, cpu_only) == ["CPUExecutionProvider"]
+    assert resolve_providers(None, gpu) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers("cpu", gpu) == ["CPUExecutionProvider"]
+    assert resolve_providers("tensorrt", gpu)[0] == "TensorrtExecutionProvider"
+    with pytest.raises(BackendError, match="CUDAExecutionProvider"):
+        resolve_providers("cuda", cpu_only)

@@ -30,10 +30,12 @@ def _import_ort() -> Any:
 
 
 def resolve_providers(device: str | Sequence[str] | None, available: Sequence[str]) -> list[str]:
-    """Execution providers for ``device`` ("cpu" default, "cuda", "tensorrt", "auto", or a list)."""
-    if device is None or device == "cpu":
+    """Execution providers for ``device``: ``None``/"auto" (CUDA when this onnxruntime has it,
+    else CPU), "cpu", "cuda", "tensorrt" (TensorRT EP; it compiles engines when the session opens),
+    or an explicit provider list."""
+    if device == "cpu":
         return ["CPUExecutionProvider"]
-    if device == "auto":
+    if device is None or device == "auto":
         wanted = _PROVIDER_ALIASES["cuda"]
         return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
     wanted = list(_PROVIDER_ALIASES[device]) if isinstance(device, str) and device in _PROVIDER_ALIASES else (
