@@ -290,14 +290,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     con = Console(highlight=False, soft_wrap=True)
     try:
         return _run(args, con)
-    except (ExportError, ConfigError, OSError) as e:
-        err.print(f"[red]error:[/red] {e}", markup=True, soft_wrap=True)
+    except _input_errors() as e:
+        err.print(f"[red]error:[/red] {e}", soft_wrap=True)
         return 2
-    except Exception as e:  # noqa: BLE001 - loader errors (WeightsError) and friends: one line, exit 2
-        if type(e).__name__ in ("WeightsError",):
-            err.print(f"[red]error:[/red] {e}", soft_wrap=True)
-            return 2
-        raise
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (one line, exit 2) rather than a bug (traceback)."""
+    errors: list[type[BaseException]] = [ExportError, ConfigError, OSError]
+    try:
+        from .model.weights import WeightsError
+    except ImportError:  # no torch: _run reports that as an ExportError
+        pass
+    else:
+        errors.append(WeightsError)
+    return tuple(errors)
 
 
 def _run(args: argparse.Namespace, con: Any) -> int:
