@@ -21,7 +21,6 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import SSDConfig
-from .ops.boxes import scale_boxes
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -30,7 +29,6 @@ __all__ = [
     "load_image",
     "preprocess",
     "resize_bilinear",
-    "scale_to_pixels",
 ]
 
 #: Largest image (width x height) ``load_image`` decodes by default: ~50 MP, above any camera
@@ -232,7 +230,8 @@ def resize_bilinear(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return top.astype(np.float32, copy=False)
 
 
-def _is_single(images: Any) -> bool:
+def is_single_image(images: Any) -> bool:
+    """Whether ``images`` is one image source (path, bytes, PIL image, 2-D/3-D array), not a sequence."""
     if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)):
         return True
     return isinstance(images, np.ndarray) and images.ndim in (2, 3)
@@ -248,9 +247,9 @@ def preprocess(
     Each image is loaded (:func:`load_image`), warp-resized to the model size, put in
     ``config.channel_order`` and has ``config.mean`` (given in that order) subtracted; pixel values
     stay in 0..255 minus the mean. The sizes are the original ones, to map boxes back with
-    :func:`scale_to_pixels`. ``images`` may be one source or a sequence of them.
+    :func:`ssd_deploy.ops.boxes.scale_boxes`. ``images`` may be one source or a sequence of them.
     """
-    items: list[ImageSource] = [images] if _is_single(images) else list(images)  # type: ignore[list-item,arg-type]
+    items: list[ImageSource] = [images] if is_single_image(images) else list(images)  # type: ignore[list-item,arg-type]
     s = config.size
     batch = np.empty((len(items), 3, s, s), dtype=np.float32)
     mean = [np.float32(m) for m in config.mean]
@@ -264,9 +263,3 @@ def preprocess(
         for c, src_c in enumerate(order):  # channel reorder, mean and HWC -> CHW in one pass each
             np.subtract(resized[:, :, src_c], mean[c], out=batch[i, c])
     return batch, sizes
-
-
-def scale_to_pixels(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
-    """Normalised corner boxes ``[..., 4]`` (as Detect returns them) -> pixels of the original
-    ``width`` x ``height`` image (the warp resize scales each axis on its own)."""
-    return scale_boxes(boxes, width, height)

@@ -19,8 +19,9 @@ TEXTURES = ("brick.png", "grass.png", "gravel.png", "color.png", "ihc.png", "coi
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-class SamplesUnavailable(RuntimeError):
-    """scikit-image (the source of the sample photos) is not installed."""
+class SamplesUnavailable(FileNotFoundError):
+    """The sample photos are not on this machine (scikit-image, their source, is not installed);
+    a FileNotFoundError so every CLI reports it as bad input in one line."""
 
 
 def sample_dir() -> Path:

@@ -97,3 +97,16 @@ def test_ssd_detect_bad_image(ssd300_onnx, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "notes.jpg" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_samples_missing_is_a_one_line_error(monkeypatch, capsys, tmp_path, ssd300_onnx):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "skimage" else real(name, *a))
+    code = detect_cli.main(["--engine", str(tmp_path / "x.onnx"), "--samples"])
+    err = capsys.readouterr().err
+    assert code == 2 and "scikit-image" in err and len(err.strip().splitlines()) == 1
+    code = check.main(["--engine", str(ssd300_onnx)])
+    err = capsys.readouterr().err
+    assert code == 2 and "scikit-image" in err and len(err.strip().splitlines()) == 1

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from ssd_deploy.config import preset
-from ssd_deploy.preprocess import ImageError, load_image, preprocess, resize_bilinear, scale_to_pixels
+from ssd_deploy.preprocess import ImageError, load_image, preprocess, resize_bilinear
 
 
 def rgb_pattern(h: int = 24, w: int = 32) -> np.ndarray:
@@ -260,8 +260,3 @@ def test_preprocess_propagates_image_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.jpg").write_text("nope")
     with pytest.raises(ImageError, match="bad.jpg"):
         preprocess([rgb_pattern(), tmp_path / "bad.jpg"], preset("voc300"))
-
-
-def test_scale_to_pixels() -> None:
-    got = scale_to_pixels(np.array([[0.5, 0.25, 1.0, 0.5]], np.float32), 640, 480)
-    np.testing.assert_allclose(got, [[320, 120, 640, 240]])

@@ -194,6 +194,17 @@ def build_int8(
         new_inits.append(numpy_helper.from_array(arr, name))
         return name
 
+    def add_dequantized(base: str, q: np.ndarray, scale: np.ndarray, suffix: str) -> str:
+        """Store ``q`` with its per-channel ``scale`` (zero point 0); return the DQ output's name."""
+        qn = add_init(f"{base}__{suffix}", q)
+        sn = add_init(f"{base}__scale", scale)
+        zn = add_init(f"{base}__zero_point", np.zeros(scale.shape, dtype=q.dtype))
+        out = fresh(f"{base}__dq")
+        new_nodes.append(
+            helper.make_node("DequantizeLinear", [qn, sn, zn], [out], name=fresh(f"dequantize/{base}"), axis=0)
+        )
+        return out
+
     for t in plan.activations:
         a = max(float(amax[t]), _MIN_AMAX)
         scale = np.float32(a / QMAX)
@@ -225,16 +236,7 @@ def build_int8(
         w_name = node.input[1]
         if w_name not in w_dq:
             q, s = quantize_weights(idx.array(w_name))
-            qn = add_init(f"{w_name}__int8", q)
-            sn = add_init(f"{w_name}__scale", s)
-            zn = add_init(f"{w_name}__zero_point", np.zeros(s.shape, dtype=np.int8))
-            out = fresh(f"{w_name}__dq")
-            new_nodes.append(
-                helper.make_node(
-                    "DequantizeLinear", [qn, sn, zn], [out], name=fresh(f"dequantize/{w_name}"), axis=0
-                )
-            )
-            w_dq[w_name] = (out, s)
+            w_dq[w_name] = (add_dequantized(w_name, q, s, "int8"), s)
         out, w_scale = w_dq[w_name]
         node.input[1] = out
         if target == "onnxruntime" and len(node.input) > 2 and node.input[2]:
@@ -242,16 +244,7 @@ def build_int8(
             b = idx.array(b_name).astype(np.float64)
             b_scale = (act_scale[x] * w_scale.astype(np.float64)).astype(np.float32)
             qb = np.clip(np.rint(b / b_scale), -(2**31), 2**31 - 1).astype(np.int32)
-            qn = add_init(f"{b_name}__int32", qb)
-            sn = add_init(f"{b_name}__scale", b_scale)
-            zn = add_init(f"{b_name}__zero_point", np.zeros(b_scale.shape, dtype=np.int32))
-            bout = fresh(f"{b_name}__dq")
-            new_nodes.append(
-                helper.make_node(
-                    "DequantizeLinear", [qn, sn, zn], [bout], name=fresh(f"dequantize/{b_name}"), axis=0
-                )
-            )
-            node.input[2] = bout
+            node.input[2] = add_dequantized(b_name, qb, b_scale, "int32")
 
     g.node.extend(new_nodes)
     g.initializer.extend(new_inits)

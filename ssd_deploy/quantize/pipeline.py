@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 
-from ..config import METADATA_KEY, PRECISION_KEY, RECIPE_KEY, ConfigError, SSDConfig
+from ..config import PRECISION_KEY, RECIPE_KEY, ConfigError, SSDConfig
 from ..fileio import atomic_write, output_problem
 from .calibration import (
     Calibration,

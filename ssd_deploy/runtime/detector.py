@@ -6,14 +6,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 
 from ..config import DetectParams, SSDConfig
 from ..postprocess import Detections, detect_both
 from ..postprocess import detect as _detect_normalised
-from ..preprocess import preprocess
+from ..preprocess import is_single_image, preprocess
 from ..priors import prior_boxes
 from .backend import Backend, BackendError
 
@@ -54,7 +54,7 @@ class ImageDetections:
     def above(self, score: float) -> "ImageDetections":
         """Only the detections with a score of at least ``score``."""
         keep = self.scores >= score
-        names = tuple(n for n, k in zip(self.class_names, keep) if k)
+        names = tuple(np.asarray(self.class_names, dtype=object)[keep].tolist())
         return ImageDetections(self.boxes[keep], self.scores[keep], self.class_ids[keep], names, self.image_size)
 
 
@@ -93,6 +93,7 @@ class Detector:
         self.params: DetectParams = params or self.config.detect
         self.params.validate()
         self.priors = prior_boxes(self.config.prior)
+        self._names = np.asarray(self.config.class_names, dtype=object)
         self.variances = self.config.variances
 
     @classmethod
@@ -154,15 +155,13 @@ class Detector:
         return self._to_pixels(_detect_normalised(loc, conf, self.priors, self.variances, params), sizes)
 
     def _to_pixels(self, dets: Sequence[Detections], sizes: Sequence[tuple[int, int]]) -> list[ImageDetections]:
-        names = self.config.class_names
         out = []
         for d, (w, h) in zip(dets, sizes):
-            scale = np.array([w, h, w, h], dtype=np.float32)
-            labels = d.labels.astype(np.int64, copy=False)
+            px = d.scaled(w, h)
+            labels = px.labels.astype(np.int64, copy=False)
             out.append(ImageDetections(
-                boxes=(d.boxes * scale).astype(np.float32, copy=False), scores=d.scores,
-                class_ids=labels, class_names=tuple(names[i] for i in labels.tolist()),
-                image_size=(int(w), int(h)),
+                boxes=px.boxes, scores=px.scores, class_ids=labels,
+                class_names=tuple(self._names[labels].tolist()), image_size=(int(w), int(h)),
             ))  # fmt: skip
         return out
 
@@ -172,7 +171,7 @@ class Detector:
         keep_top_k: Any, return_array: bool, timings: dict[str, float] | None,
     ) -> tuple[Any, np.ndarray | None, dict[str, float] | None]:  # fmt: skip
         params = self.params_for(conf_thresh, nms_thresh, top_k, keep_top_k)
-        single = _is_single(images)
+        single = is_single_image(images)
         items = [images] if single else list(images)
         if not items:
             return ([] if not single else None), None, timings
@@ -231,14 +230,3 @@ class Detector:
         return (f"Detector({self.config.name}, backend={self.backend.name}, precision={self.backend.precision}, "
                 f"path={self.backend.path!r})")
 
-
-def _is_single(images: Any) -> bool:
-    if isinstance(images, (str, os.PathLike, bytes, bytearray)):
-        return True
-    if isinstance(images, np.ndarray):
-        return images.ndim in (2, 3)
-    if isinstance(images, (list, tuple)):
-        return False
-    if isinstance(images, Iterable) and not hasattr(images, "getpixel"):
-        return False
-    return True

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ...config import METADATA_KEY, PRECISION_KEY, RECIPE_KEY, WEIGHTS_KEY, ConfigError, SSDConfig
+from ...config import PRECISION_KEY, RECIPE_KEY, ConfigError, SSDConfig
 from ...priors import prior_boxes
 from ..backend import Backend, BackendError
 

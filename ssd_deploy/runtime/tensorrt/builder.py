@@ -23,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, NamedTuple, Protocol
 
-from ...config import METADATA_KEY, PRECISION_KEY, RECIPE_KEY, ConfigError, SSDConfig
+from ...config import PRECISION_KEY, RECIPE_KEY, ConfigError, SSDConfig
 from . import _import
 from .cuda import Cuda
 from .manifest import (
