@@ -7,6 +7,7 @@ the channel mean or the NMS threshold.
 
 from __future__ import annotations
 
+from .errors import InputError
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ COCO_CLASSES: tuple[str, ...] = (
 CLIP_MODES = ("all", "wh", "none")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """An SSD configuration (or its serialised form) is invalid."""
 
 

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .errors import SSDDeployError
 from .config import METADATA_KEY, PRECISION_KEY, RECIPE_KEY, VERSION_KEY, WEIGHTS_KEY, ConfigError, SSDConfig, make_config
 from .fileio import atomic_output, output_problem
 
@@ -35,7 +36,7 @@ DEFAULT_OPSET = 18  # the lowest opset torch's exporter implements natively
 ATOL, RTOL = 1e-4, 1e-4
 
 
-class ExportError(RuntimeError):
+class ExportError(SSDDeployError, RuntimeError):
     """The export could not be completed; one line, naming the file involved."""
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import InputError
 from .config import SSDConfig
 
 __all__ = [
@@ -38,7 +39,7 @@ DEFAULT_MAX_PIXELS = 50_000_000
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | Image.Image
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An input is not a usable image; the message is one line naming the source."""
 
 

@@ -6,6 +6,7 @@ them on disk without importing scikit-image itself.
 
 from __future__ import annotations
 
+from .errors import SSDDeployError
 import importlib.util
 from pathlib import Path
 
@@ -19,7 +20,7 @@ TEXTURES = ("brick.png", "grass.png", "gravel.png", "color.png", "ihc.png", "coi
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-class SamplesUnavailable(FileNotFoundError):
+class SamplesUnavailable(SSDDeployError, FileNotFoundError):
     """The sample photos are not on this machine (scikit-image, their source, is not installed);
     a FileNotFoundError so every CLI reports it as bad input in one line."""
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..errors import SSDDeployError
 from .stats import Summary, summarize
 
 #: Stage names reported per call, in pipeline order; "postprocess" is decode + NMS.
@@ -28,7 +29,7 @@ STAGES: tuple[str, ...] = ("preprocess", "h2d", "compute", "d2h", "postprocess")
 MIN_ROUNDS = 3
 
 
-class BenchError(RuntimeError):
+class BenchError(SSDDeployError, RuntimeError):
     """The benchmark cannot run as asked; the message is one line (the CLI exits with code 2)."""
 
 

@@ -8,6 +8,7 @@ names the file and the problem.
 
 from __future__ import annotations
 
+from ..errors import InputError
 import pickle
 import re
 import warnings
@@ -75,7 +76,7 @@ _SSD_PYTORCH_NOTE = (
 )
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
     """A checkpoint cannot be read, is not an SSD checkpoint, or does not fit the model."""
 
 

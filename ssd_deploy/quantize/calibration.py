@@ -15,6 +15,7 @@ Writes are atomic (temporary file + rename), so an interrupted run never leaves 
 
 from __future__ import annotations
 
+from ..errors import SSDDeployError
 import hashlib
 import inspect
 import json
@@ -36,7 +37,7 @@ CACHE_FORMAT = "ssd_deploy.calibration/1"
 RECOMMENDED_IMAGES = 500
 
 
-class CalibrationError(RuntimeError):
+class CalibrationError(SSDDeployError, RuntimeError):
     """The calibration input is unusable; one line, naming the folder or file."""
 
 

@@ -7,6 +7,7 @@ node's ``metadata_props`` second, so a renamed or re-exported graph is still han
 
 from __future__ import annotations
 
+from ..errors import InputError
 import fnmatch
 import hashlib
 import heapq
@@ -60,7 +61,7 @@ _SIGN_PRESERVING = frozenset(
 )
 
 
-class GraphError(ValueError):
+class GraphError(InputError):
     """The graph does not have the structure a precision pass needs."""
 
 

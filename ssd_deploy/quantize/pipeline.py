@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import SSDDeployError
 import json
 import os
 import time
@@ -33,7 +34,7 @@ DEFAULT_METHOD = "percentile"
 DEFAULT_PERCENTILE = 99.99
 
 
-class QuantizeError(RuntimeError):
+class QuantizeError(SSDDeployError, RuntimeError):
     """The conversion cannot be done; one line, naming the file involved."""
 
 

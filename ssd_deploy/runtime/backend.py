@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import SSDDeployError
 import abc
 from dataclasses import dataclass, field
 
@@ -10,7 +11,7 @@ import numpy as np
 from ..config import SSDConfig
 
 
-class BackendError(RuntimeError):
+class BackendError(SSDDeployError, RuntimeError):
     """A backend cannot load or run an artifact; the message is one line naming the file."""
 
 

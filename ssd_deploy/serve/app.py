@@ -45,6 +45,7 @@ except ImportError as _e:  # pragma: no cover - exercised only where the extra i
         f"the Ray Serve app needs the 'serve' extra ({_e.name} is missing): pip install 'ssd_deploy[serve]'"
     ) from None
 
+from ..errors import SSDDeployError
 from ..runtime.detector import ONNX_SUFFIXES, PLAN_SUFFIXES
 from .service import DetectionService, Limits, Prepared, RequestError
 
@@ -53,7 +54,7 @@ __all__ = ["ServeOptions", "RunningService", "ServeError", "build_app", "start",
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-class ServeError(RuntimeError):
+class ServeError(SSDDeployError, RuntimeError):
     """The service could not be started; one line saying why."""
 
 

@@ -9,6 +9,7 @@ the benchmark drive exactly the code the service runs.
 
 from __future__ import annotations
 
+from ..errors import SSDDeployError
 import math
 import os
 import struct
@@ -46,7 +47,7 @@ QUERY_KEYS = ("conf_thresh", "nms_thresh", "top_k", "keep_top_k")
 _MAX_PARTS = 8
 
 
-class RequestError(Exception):
+class RequestError(SSDDeployError):
     """A request the service refuses: HTTP ``status`` (4xx) and a one-line ``message``."""
 
     def __init__(self, status: int, message: str) -> None:

@@ -18,6 +18,7 @@ beside it by ``ssd_deploy.build`` (``<plan>.json``); an ONNX file's from the fil
 
 from __future__ import annotations
 
+from ..errors import SSDDeployError
 import argparse
 import json
 import os
@@ -53,7 +54,7 @@ OUTPUTS = (("boxes", "TYPE_FP32", [-1, 4]), ("scores", "TYPE_FP32", [-1]),
 MODEL_FILES = {"tensorrt_plan": "model.plan", "onnxruntime_onnx": "model.onnx", "python": "model.py"}
 
 
-class TritonError(RuntimeError):
+class TritonError(SSDDeployError, RuntimeError):
     """The repository cannot be written or does not check out; one line naming the file."""
 
 

@@ -11,6 +11,7 @@ test in ``tests/trt_api`` and checked against the real 11.4 bindings.
 
 from __future__ import annotations
 
+from ...errors import SSDDeployError
 import datetime as _dt
 import hashlib
 import json
@@ -43,7 +44,7 @@ REQUIRED_OUTPUTS = ("loc", "conf")
 MAX_OPT_LEVEL = 5
 
 
-class BuildError(Exception):
+class BuildError(SSDDeployError, RuntimeError):
     """The plan cannot be built; the message is one line naming the file and the problem."""
 
 
