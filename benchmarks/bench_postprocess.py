@@ -248,7 +248,7 @@ def main() -> int:
 
     def ours(loc: np.ndarray, conf: np.ndarray) -> Result:
         d = detect(loc, conf, priors, variances, params)[0]
-        return d.boxes, d.scores, d.labels
+        return d.boxes, d.scores, d.class_ids
 
     variants["ours"] = ours
     tv = make_torchvision_variant(params, variances)

@@ -123,7 +123,7 @@ def main() -> int:
     ]  # fmt: skip
     if args.plot:
         bench_args += ["--plot", f"{stem}.png"]
-    from ssd_deploy.bench import main as bench_main
+    from ssd_deploy.cli.bench import main as bench_main
 
     rc = bench_main(bench_args)
     if rc == 0:

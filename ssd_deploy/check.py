@@ -2,16 +2,14 @@
 
 Both sides see the same preprocessed batch. Raw heads are compared element-wise; detections are
 compared as matched sets (per class, greedy by score, IoU >= 0.5) because the order of equal scores
-is not defined (SPEC section 3). The reference side is the eager PyTorch model followed by the
+is not defined (docs/ssd.md ("Detect")). The reference side is the eager PyTorch model followed by the
 PyTorch reference Detect; the artifact side is the artifact followed by the runtime's numpy Detect,
 so the check covers the whole deployed path.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,9 +17,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import WEIGHTS_KEY, ConfigError
+from .contract import WEIGHTS_KEY
+from .errors import InputError
 from .ops.boxes import box_iou
-from .preprocess import ImageError, preprocess
+from .preprocess import preprocess
 from .runtime import Backend, BackendError, Detector
 
 #: What "agrees with PyTorch" means per precision. Head errors are max |artifact - torch| over the
@@ -174,12 +173,21 @@ def check_artifact(
     batch: int = 4,
     thresholds: dict[str, float] | None = None,
     progress: Any = None,
+    backend_options: dict[str, Any] | None = None,
 ) -> CheckReport:
-    """Compare ``engine`` with the PyTorch reference on ``images`` (default: sample photos)."""
+    """Compare ``engine`` with the PyTorch reference on ``images`` (default: sample photos).
+
+    ``backend_options`` go to :meth:`Detector.load` (device, precision). A check that compared no
+    detections fails: agreement on nothing proves nothing.
+    """
     from .samples import sample_images
 
+    if batch < 1:
+        raise InputError(f"batch must be >= 1, got {batch}")
+    if not 0.0 < min_score <= 1.0:
+        raise InputError(f"min_score must be in (0, 1], got {min_score}")
     t0 = time.perf_counter()
-    det = Detector.load(engine)
+    det = Detector.load(engine, **(backend_options or {}))
     ref = reference_backend(det.backend, weights)
     files = [Path(p) for p in images] if images else sample_images()
     limits = dict(THRESHOLDS.get(det.backend.precision, THRESHOLDS["fp32"]))
@@ -234,6 +242,8 @@ def check_artifact(
                      ("score_delta", dets["p95_score_delta"]), ("box_px", dets["p95_box_delta_input_px"])):
         if not val <= limits[key]:
             failures.append(f"{key} {val:.3g} > {limits[key]:.3g}")
+    if dets["reference"] == 0:
+        failures.append(f"the reference has no detection scoring >= {min_score}: nothing was compared")
     for key in ("recall", "precision"):
         if not dets[key] >= limits[key]:
             failures.append(f"detection {key} {dets[key]:.3f} < {limits[key]:.3f}")
@@ -245,64 +255,3 @@ def check_artifact(
     det.close()
     ref.close()
     return report
-
-
-def print_report(report: CheckReport, console: Any) -> None:
-    from rich.table import Table
-
-    t = Table(title=f"ssd-check {report.artifact} ({report.precision}) vs {report.reference}")
-    t.add_column("measure")
-    t.add_column("value", justify="right")
-    t.add_column("limit", justify="right")
-    lim = report.thresholds
-    t.add_row("loc max abs err", f"{report.heads['loc']['max_abs']:.3g}", f"{lim['loc_max']:.3g}")
-    t.add_row("loc mean abs err", f"{report.heads['loc']['mean_abs']:.3g}", "")
-    t.add_row("conf max abs err", f"{report.heads['conf']['max_abs']:.3g}", f"{lim['conf_max']:.3g}")
-    t.add_row("conf mean abs err", f"{report.heads['conf']['mean_abs']:.3g}", "")
-    d = report.detections
-    t.add_row(f"detections (score >= {report.min_score}) ref / artifact", f"{d['reference']} / {d['artifact']}", "")
-    t.add_row("matched / missing / extra", f"{d['matched']} / {d['missing']} / {d['extra']}", "")
-    t.add_row("recall", f"{d['recall']:.4f}", f">= {lim['recall']}")
-    t.add_row("precision", f"{d['precision']:.4f}", f">= {lim['precision']}")
-    t.add_row("score delta p95 / max", f"{d['p95_score_delta']:.3g} / {d['max_score_delta']:.3g}",
-              f"p95 {lim['score_delta']:.3g}")
-    s = report.input_size
-    t.add_row(f"box delta, {s}x{s} input px, p95 / max",
-              f"{d['p95_box_delta_input_px']:.3g} / {d['max_box_delta_input_px']:.3g}", f"p95 {lim['box_px']:.3g}")
-    t.add_row("box delta, image px, p95 / max", f"{d['p95_box_delta_px']:.3g} / {d['max_box_delta_px']:.3g}", "")
-    console.print(t)
-    verdict = "[green]PASS[/green]" if report.passed else "[red]FAIL[/red]: " + "; ".join(report.failures)
-    console.print(f"{len(report.images)} images, {report.seconds:.1f} s: {verdict}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from rich.console import Console
-
-    p = argparse.ArgumentParser(prog="ssd-check", description="Compare an SSD artifact with the PyTorch reference.")
-    p.add_argument("--engine", required=True, help=".onnx or .plan artifact to check")
-    p.add_argument("--weights", default=None,
-                   help="PyTorch checkpoint of the reference (default: what the artifact's metadata records)")
-    p.add_argument("--images", default=None, help="folder of images (default: bundled sample photos)")
-    p.add_argument("--json", default=None, help="write the report as JSON here")
-    p.add_argument("--min-score", type=float, default=0.1, help="compare detections scoring at least this")
-    p.add_argument("--batch", type=int, default=4)
-    args = p.parse_args(argv)
-    con, err = Console(highlight=False), Console(stderr=True, highlight=False)
-    try:
-        from .samples import list_images
-
-        images = list_images(args.images) if args.images else None
-        report = check_artifact(args.engine, weights=args.weights, images=images,
-                                min_score=args.min_score, batch=args.batch)
-    except (BackendError, ImageError, ConfigError, OSError, ValueError) as e:
-        err.print(f"[red]error:[/red] {e}", soft_wrap=True)
-        return 2
-    print_report(report, con)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1))
-    return 0 if report.passed else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

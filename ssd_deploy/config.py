@@ -7,19 +7,19 @@ the channel mean or the NMS threshold.
 
 from __future__ import annotations
 
-from .errors import InputError
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-#: ONNX ``metadata_props`` key (and plan-manifest key) under which the config is stored.
-METADATA_KEY = "ssd_deploy.config"
-#: The other metadata keys every artifact carries (see export/README.md).
-PRECISION_KEY = "ssd_deploy.precision"
-RECIPE_KEY = "ssd_deploy.recipe"
-WEIGHTS_KEY = "ssd_deploy.weights"
-VERSION_KEY = "ssd_deploy.version"
+from .contract import CONFIG_KEY, PRECISION_KEY, RECIPE_KEY, VERSION_KEY, WEIGHTS_KEY  # noqa: F401
+from .errors import InputError
+
+#: The metadata keys every artifact carries are defined in :mod:`ssd_deploy.contract`; the config is
+#: stored under ``CONFIG_KEY`` (``METADATA_KEY`` here, its older name).
+METADATA_KEY = CONFIG_KEY
 #: Version of the serialised layout; bumped on incompatible changes.
 SCHEMA_VERSION = 1
 
@@ -52,7 +52,7 @@ class ConfigError(InputError):
 
 @dataclass(frozen=True)
 class PriorConfig:
-    """Prior (default) box layout, in the terms of SPEC section 2."""
+    """Prior (default) box layout, in the terms of docs/ssd.md ("Priors")."""
 
     name: str
     min_dim: int
@@ -90,7 +90,7 @@ class PriorConfig:
 
 @dataclass(frozen=True)
 class DetectParams:
-    """Detect defaults (SPEC section 3). ``keep_top_k=None`` keeps ssd.pytorch's uncapped output;
+    """Detect defaults (docs/ssd.md ("Detect")). ``keep_top_k=None`` keeps ssd.pytorch's uncapped output;
     caffe SSD and torchvision cap at 200 detections per image."""
 
     conf_thresh: float = 0.01
@@ -108,6 +108,14 @@ class DetectParams:
         return out
 
     def validate(self) -> None:
+        for name in ("conf_thresh", "nms_thresh"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{name} must be a finite number, got {v!r}")
+        for name in ("top_k", "keep_top_k"):
+            v = getattr(self, name)
+            if (v is not None or name == "top_k") and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+                raise ConfigError(f"{name} must be an integer{' or None' if name == 'keep_top_k' else ''}, got {v!r}")
         if not 0.0 <= self.conf_thresh < 1.0:
             raise ConfigError(f"conf_thresh must be in [0, 1), got {self.conf_thresh}")
         if not 0.0 < self.nms_thresh <= 1.0:
@@ -176,8 +184,8 @@ class SSDConfig:
             )
         if self.channel_order not in ("RGB", "BGR"):
             raise ConfigError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
-        if len(self.mean) != 3:
-            raise ConfigError(f"mean must have 3 values, got {self.mean!r}")
+        if len(self.mean) != 3 or not all(isinstance(m, (int, float)) and math.isfinite(m) for m in self.mean):
+            raise ConfigError(f"mean must be 3 finite values, got {self.mean!r}")
         self.detect.validate()
 
     @property
@@ -259,7 +267,7 @@ class SSDConfig:
 def default_class_names(dataset: str, num_classes: int) -> tuple[str, ...]:
     """Background plus the dataset's names when the count matches, else generic names.
 
-    COCO checkpoints from ssd.pytorch declare 201 classes (SPEC section 2); the first 81 get the
+    COCO checkpoints from ssd.pytorch declare 201 classes (docs/ssd.md ("Priors")); the first 81 get the
     COCO names and the rest ``class_81`` ... so the old files still load and say what they are.
     """
     names = ("background",) + (VOC_CLASSES if dataset == "voc" else COCO_CLASSES)

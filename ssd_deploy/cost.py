@@ -1,7 +1,7 @@
 """Analytic compute cost of an SSD (VGG16) network from its config, without torch.
 
 The benchmark turns images/s into achieved GFLOP/s with these numbers, so they are derived from the
-layer layout in SPEC section 1 rather than measured: every convolution costs
+layer layout in docs/ssd.md ("Network") rather than measured: every convolution costs
 ``k * k * C_in * C_out * H_out * W_out`` multiply-accumulates (MACs). Pooling, ReLU, L2Norm and the
 softmax are a rounding error next to that (< 0.1 %) and are left out, as is usual for quoted
 GMAC figures. One MAC is two floating-point operations.
@@ -12,22 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import SSDConfig
-
-# VGG16 base (SPEC section 1): channel counts, "M" max-pool 2x2, "C" the same with ceil_mode.
-_VGG_BASE: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512,
-)  # fmt: skip
-#: Index in ``_VGG_BASE`` of conv4_3, whose output (after L2Norm) is source 0.
-_CONV4_3 = 12
-
-# Extra layers per input size: (out_channels, kernel, stride, padding); odd entries feed the heads.
-_EXTRAS: dict[int, tuple[tuple[int, int, int, int], ...]] = {
-    300: ((256, 1, 1, 0), (512, 3, 2, 1), (128, 1, 1, 0), (256, 3, 2, 1),
-          (128, 1, 1, 0), (256, 3, 1, 0), (128, 1, 1, 0), (256, 3, 1, 0)),
-    512: ((256, 1, 1, 0), (512, 3, 2, 1), (128, 1, 1, 0), (256, 3, 2, 1),
-          (128, 1, 1, 0), (256, 3, 2, 1), (128, 1, 1, 0), (256, 3, 2, 1),
-          (128, 1, 1, 0), (256, 4, 1, 1)),
-}  # fmt: skip
+from .layers import CONV4_3 as _CONV4_3
+from .layers import EXTRAS as _EXTRAS
+from .layers import VGG_BASE as _VGG_BASE
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,11 @@ def _color(class_id: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_detections(image: np.ndarray, dets: ImageDetections, line_width: int = 2) -> Image.Image:
-    """An RGB copy of ``image`` (H x W x 3 uint8) with boxes and ``name score`` labels."""
+def draw_detections(
+    image: np.ndarray, dets: ImageDetections, line_width: int = 2, banner: str | None = None
+) -> Image.Image:
+    """An RGB copy of ``image`` (H x W x 3 uint8) with boxes and ``name score`` labels, and
+    ``banner`` written across the top on a red bar (e.g. that the weights are untrained)."""
     im = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB")
     draw = ImageDraw.Draw(im)
     for box, score, cid, name in zip(dets.boxes, dets.scores, dets.class_ids, dets.class_names):
@@ -30,4 +33,8 @@ def draw_detections(image: np.ndarray, dets: ImageDetections, line_width: int = 
         l, t, r, b = draw.textbbox((tx, ty), label)
         draw.rectangle([l - 1, t - 1, r + 1, b + 1], fill=color)
         draw.text((tx, ty), label, fill=(0, 0, 0))
+    if banner:
+        l, t, r, b = draw.textbbox((4, 4), banner)
+        draw.rectangle([0, 0, im.width, b + 4], fill=(200, 0, 0))
+        draw.text((4, 4), banner, fill=(255, 255, 255))
     return im

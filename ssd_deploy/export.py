@@ -1,4 +1,4 @@
-"""Export SSD to ONNX: ``python -m ssd_deploy.export --size 300``.
+"""Export SSD to ONNX (the library; the command ``python -m ssd_deploy.export`` is :mod:`ssd_deploy.cli.export`).
 
 The file holds the network heads (``loc``, softmax ``conf``) plus the constant ``priors``, a dynamic
 batch dimension, and the full :class:`~ssd_deploy.config.SSDConfig` in its metadata so that a runtime
@@ -8,9 +8,7 @@ against PyTorch.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -19,18 +17,28 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from .errors import SSDDeployError
-from .config import METADATA_KEY, PRECISION_KEY, RECIPE_KEY, VERSION_KEY, WEIGHTS_KEY, ConfigError, SSDConfig, make_config
+from .config import SSDConfig
+from .contract import (
+    CONF,
+    CONFIG_KEY,
+    INPUT,
+    LOC,
+    PRECISION_KEY,
+    PRIORS,
+    RECIPE_KEY,
+    VERSION_KEY,
+    WEIGHTS_KEY,
+    sha256_file,
+)
+from .errors import SSDDeployError, one_line
 from .fileio import atomic_output, output_problem
 
-#: Metadata keys written next to the config.
-
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("loc", "conf", "priors")
+INPUT_NAME = INPUT
+OUTPUT_NAMES = (LOC, CONF, PRIORS)
 DEFAULT_OPSET = 18  # the lowest opset torch's exporter implements natively
 #: Parity tolerance of the FP32 export: max |ort - torch| <= ATOL + RTOL * max |torch|.
 ATOL, RTOL = 1e-4, 1e-4
@@ -71,7 +79,7 @@ def build_export_module(model: Any) -> Any:
 
         def forward(self, images: Any) -> tuple[Any, Any, Any]:
             loc, logits = self.ssd.forward_heads(images)
-            # Softmax stays FP32 whatever the graph's precision later becomes (SPEC section 6).
+            # Softmax stays FP32 whatever the graph's precision later becomes (docs/precision.md).
             conf = torch.softmax(logits.float(), dim=-1)
             return loc, conf, self.ssd.priors
 
@@ -83,11 +91,7 @@ def weights_info(path: str | os.PathLike[str] | None, seed: int) -> dict[str, An
     if path is None:
         return {"source": "seeded-init", "seed": seed}
     p = Path(path)
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return {"source": "checkpoint", "path": str(p.resolve()), "sha256": h.hexdigest()}
+    return {"source": "checkpoint", "path": str(p.resolve()), "sha256": sha256_file(p)}
 
 
 def load_model(
@@ -118,8 +122,8 @@ def _postprocess_graph(proto: Any, config: SSDConfig, meta: dict[str, str]) -> A
         # An initializer that is also a graph output is legal ONNX but trips some consumers
         # (TensorRT's parser among them); route it through an Identity node.
         inits[out_priors.name].name = "priors_table"
-        graph.node.append(helper.make_node("Identity", ["priors_table"], ["priors"], name="priors_out"))
-        out_priors.name = "priors"
+        graph.node.append(helper.make_node("Identity", ["priors_table"], [PRIORS], name="priors_out"))
+        out_priors.name = PRIORS
     if [o.name for o in graph.output] != list(OUTPUT_NAMES):
         raise ExportError(f"exported outputs are {[o.name for o in graph.output]}, expected {list(OUTPUT_NAMES)}")
     for out in graph.output[:2]:
@@ -159,7 +163,7 @@ def export_onnx(
     size = config.size
     example = torch.zeros(verify_batch, 3, size, size)
     meta = {
-        METADATA_KEY: config.to_json(),
+        CONFIG_KEY: config.to_json(),
         PRECISION_KEY: "fp32",
         RECIPE_KEY: json.dumps({"precision": "fp32"}),
         WEIGHTS_KEY: json.dumps(weights or {}),
@@ -182,18 +186,18 @@ def export_onnx(
                     output_names=list(OUTPUT_NAMES),
                     opset_version=opset,
                     dynamo=True,
-                    dynamic_shapes={"images": {0: batch}},
+                    dynamic_shapes={INPUT: {0: batch}},
                     external_data=False,
                     verbose=False,
                 )
             except Exception as e:  # noqa: BLE001 - the exporter raises many types
-                raise ExportError(f"{out}: torch.onnx.export failed: {type(e).__name__}: {_first_line(e)}") from e
+                raise ExportError(f"{out}: torch.onnx.export failed: {type(e).__name__}: {one_line(e)}") from e
         proto = _postprocess_graph(program.model_proto, config, meta)
         say("checking the graph (onnx.checker)")
         try:
             onnx.checker.check_model(proto, full_check=True)
         except Exception as e:  # noqa: BLE001
-            raise ExportError(f"{out}: exported graph fails the ONNX checker: {_first_line(e)}") from e
+            raise ExportError(f"{out}: exported graph fails the ONNX checker: {one_line(e)}") from e
         onnx.save_model(proto, str(tmp))
         report = ExportReport(path=out, config=config, seconds=0.0, weights=weights or {})
         if verify:
@@ -243,11 +247,6 @@ def _quiet_logging() -> Any:
         logging.disable(previous)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _version() -> str:
     from . import __version__
 
@@ -258,97 +257,15 @@ def default_output(size: int, directory: str | os.PathLike[str] = "export") -> P
     return Path(directory) / f"ssd{size}.onnx"
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m ssd_deploy.export",
-        description="Export SSD300/SSD512 (VGG16) to ONNX with priors, dynamic batch and the config in metadata.",
-    )
-    p.add_argument("--size", type=int, choices=(300, 512), default=300, help="input size (default 300)")
-    p.add_argument("--config", choices=("voc", "coco"), default=None,
-                   help="dataset preset: class names and prior boxes (default: voc for 21 classes, else coco)")
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="classes including background (default: from --weights, else 21 voc / 81 coco)")
-    p.add_argument("--prior", default=None,
-                   help="prior config by name (voc300, coco300, voc512, coco512) when it must differ from --config; "
-                        "ssd.pytorch used coco priors for every class count other than 21")
-    p.add_argument("--weights", default=None, help="ssd.pytorch, vgg16_reducedfc or torchvision ssd300_vgg16 checkpoint")
-    p.add_argument("--channel-order", choices=("RGB", "BGR"), default=None,
-                   help="input channel order the weights expect (ssd.pytorch: RGB; caffe-converted: BGR)")
-    p.add_argument("--mean", type=float, nargs=3, default=None, metavar=("C0", "C1", "C2"),
-                   help="per-channel mean in the model's channel order")
-    p.add_argument("--output", "-o", default=None, help="output path (default export/ssd<size>.onnx)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights used when no --weights is given")
-    p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
-    return p.parse_args(argv)
+def check_finite_weights(model: Any, source: str) -> None:
+    """Refuse weights with NaN or inf: they export fine and then detect nothing, silently."""
+    torch = _require_torch()
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ExportError(f"{source}: tensor {name} has non-finite values (NaN or inf)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from rich.console import Console
+if __name__ == "__main__":  # python -m ssd_deploy.export: the command lives in ssd_deploy.cli.export
+    from .cli.export import main
 
-    args = _parse_args(argv)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    con = Console(highlight=False, soft_wrap=True)
-    try:
-        return _run(args, con)
-    except _input_errors() as e:
-        err.print(f"[red]error:[/red] {e}", soft_wrap=True)
-        return 2
-
-
-def _input_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (one line, exit 2) rather than a bug (traceback)."""
-    errors: list[type[BaseException]] = [ExportError, ConfigError, OSError]
-    try:
-        from .model.weights import WeightsError
-    except ImportError:  # no torch: _run reports that as an ExportError
-        pass
-    else:
-        errors.append(WeightsError)
-    return tuple(errors)
-
-
-def _run(args: argparse.Namespace, con: Any) -> int:
-    t0 = time.perf_counter()
-    _require_torch()
-    from .model import infer_layout, load_state_dict
-
-    num_classes = args.num_classes
-    size = args.size
-    if args.weights is not None:
-        sd = load_state_dict(args.weights)
-        w_size, w_classes = infer_layout(sd)
-        if w_size != size:
-            raise ExportError(f"{args.weights}: the checkpoint is an SSD{w_size}, --size is {size}")
-        if num_classes is not None and num_classes != w_classes:
-            raise ExportError(
-                f"{args.weights}: the checkpoint has {w_classes} classes, --num-classes says {num_classes}"
-            )
-        num_classes = w_classes
-    dataset = args.config or ("voc" if num_classes in (None, 21) else "coco")
-    config = make_config(
-        size=size, dataset=dataset, num_classes=num_classes, prior=args.prior,
-        channel_order=args.channel_order, mean=args.mean,
-    )  # fmt: skip
-    out = Path(args.output) if args.output else default_output(size)
-    con.print(f"[bold]ssd_deploy export[/bold] {config.name}: size {size}, {config.num_classes} classes, "
-              f"priors {config.prior.name}, {config.channel_order} mean {config.mean}")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model = load_model(args.weights, config, seed=args.seed)
-    for w in caught:
-        con.print(f"[yellow]warning:[/yellow] {w.message}")
-    report = export_onnx(
-        model, config, out, opset=args.opset, weights=weights_info(args.weights, args.seed),
-        verify=not args.no_verify, log=lambda m: con.print(f"  {m}"),
-    )  # fmt: skip
-    if report.max_abs_diff:
-        diffs = ", ".join(f"{k} {v:.2e}" for k, v in report.max_abs_diff.items())
-        con.print(f"  ONNX Runtime vs PyTorch max abs diff: {diffs}  [green]ok[/green]")
-    mb = out.stat().st_size / 1e6
-    con.print(f"wrote {out} ({mb:.1f} MB) in {time.perf_counter() - t0:.1f} s")
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

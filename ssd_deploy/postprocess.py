@@ -1,4 +1,4 @@
-"""Decode + Detect in numpy: the runtime post-process every backend shares (SPEC section 3).
+"""Decode + Detect in numpy: the runtime post-process every backend shares (docs/ssd.md ("Detect")).
 
 For each image and each foreground class: keep priors whose score is > ``conf_thresh``, take the
 ``top_k`` highest as candidates, run greedy NMS (IoU > ``nms_thresh`` suppresses), then optionally
@@ -43,19 +43,19 @@ class Detections:
     """Detections of one image, by descending score.
 
     ``boxes [K, 4]`` float32 corner boxes (normalised to the network input unless
-    :meth:`scaled`), ``scores [K]`` float32, ``labels [K]`` int64 class ids (background excluded).
+    :meth:`scaled`), ``scores [K]`` float32, ``class_ids [K]`` int64 (background excluded).
     """
 
     boxes: np.ndarray
     scores: np.ndarray
-    labels: np.ndarray
+    class_ids: np.ndarray
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
     def scaled(self, width: float, height: float) -> Detections:
         """The same detections with boxes in pixels of a ``width`` x ``height`` image."""
-        return Detections(scale_boxes(self.boxes, width, height), self.scores, self.labels)
+        return Detections(scale_boxes(self.boxes, width, height), self.scores, self.class_ids)
 
 
 class _Kept(NamedTuple):

@@ -1,4 +1,4 @@
-"""Image loading and batching for the runtime (SPEC section 5), with numpy and Pillow only.
+"""Image loading and batching for the runtime (docs/ssd.md ("Preprocessing")), with numpy and Pillow only.
 
 ``load_image`` turns whatever a caller has (a path, encoded bytes, a PIL image, an array) into an
 ``[H, W, 3]`` uint8 RGB array, and turns every way that can fail on untrusted input (not an image,
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError
 from .config import SSDConfig
+from .errors import InputError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -81,6 +81,8 @@ def _to_rgb_array(im: Image.Image, name: str) -> np.ndarray:
 
 
 def _from_array(arr: np.ndarray, name: str) -> np.ndarray:
+    if arr.size == 0:
+        raise ImageError(f"{name}: empty array (shape {arr.shape})")
     if arr.dtype != np.uint8:
         raise ImageError(f"{name}: expected a uint8 array, got {arr.dtype}")
     if arr.ndim == 2:
@@ -238,6 +240,19 @@ def is_single_image(images: Any) -> bool:
     return isinstance(images, np.ndarray) and images.ndim in (2, 3)
 
 
+def image_list(images: Any) -> list[Any]:
+    """``images`` as a list of image sources: one source becomes a list of one; anything that is
+    neither a source nor a sequence of them is an :class:`ImageError`."""
+    if is_single_image(images):
+        return [images]
+    if isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4):
+        return list(images)
+    raise ImageError(
+        f"<{type(images).__name__}>: expected an image (path, bytes, PIL image, HxWx3 uint8 array) "
+        "or a list of them"
+    )
+
+
 def preprocess(
     images: ImageSource | Sequence[ImageSource],
     config: SSDConfig,
@@ -250,7 +265,7 @@ def preprocess(
     stay in 0..255 minus the mean. The sizes are the original ones, to map boxes back with
     :func:`ssd_deploy.ops.boxes.scale_boxes`. ``images`` may be one source or a sequence of them.
     """
-    items: list[ImageSource] = [images] if is_single_image(images) else list(images)  # type: ignore[list-item,arg-type]
+    items: list[ImageSource] = image_list(images)
     s = config.size
     batch = np.empty((len(items), 3, s, s), dtype=np.float32)
     mean = [np.float32(m) for m in config.mean]
@@ -258,7 +273,12 @@ def preprocess(
     order = (2, 1, 0) if config.channel_order == "BGR" else (0, 1, 2)
     sizes = []
     for i, src in enumerate(items):
-        rgb = load_image(src, max_pixels=max_pixels)
+        try:
+            rgb = load_image(src, max_pixels=max_pixels)
+        except ImageError as e:
+            if len(items) == 1:
+                raise
+            raise ImageError(f"image {i} of {len(items)}: {e}") from None
         sizes.append((int(rgb.shape[1]), int(rgb.shape[0])))
         resized = resize_bilinear(rgb, s)
         for c, src_c in enumerate(order):  # channel reorder, mean and HWC -> CHW in one pass each

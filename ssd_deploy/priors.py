@@ -1,4 +1,4 @@
-"""Prior (default) boxes in numpy, exactly as SPEC section 2 describes them."""
+"""Prior (default) boxes in numpy, exactly as docs/ssd.md ("Priors") describes them."""
 
 from __future__ import annotations
 

@@ -6,9 +6,10 @@ them on disk without importing scikit-image itself.
 
 from __future__ import annotations
 
-from .errors import SSDDeployError
 import importlib.util
 from pathlib import Path
+
+from .errors import SSDDeployError
 
 #: Photographs (not textures or drawings) among scikit-image's bundled files; camera.png is
 #: grayscale, which exercises that path too.

@@ -363,7 +363,7 @@ def photos(tmp_path_factory):
 
 
 def _main(args):
-    from ssd_deploy.bench import main
+    from ssd_deploy.cli.bench import main
 
     return main([str(a) for a in args])
 
@@ -396,7 +396,7 @@ def test_cli_compares_engines_and_writes_outputs(tiny, photos, tmp_path, capsys)
 def test_cli_threads_and_files(tiny, photos, tmp_path):
     dyn, _ = tiny
     out = tmp_path / "t.json"
-    assert _main(["--engine", dyn, "--batch", "2", "--threads", "2", "--iterations", "2", "--warmup", "0",
+    assert _main(["--engine", dyn, "--batch", "2", "--clients", "2", "--iterations", "2", "--warmup", "0",
                   "--images", photos, "--from-files", "--quiet", "--json", out]) == 0  # fmt: skip
     r = json.loads(out.read_text())
     assert r["header"]["threads"]["clients"] == 2
@@ -468,7 +468,7 @@ def test_bench_and_cost_import_neither_torch_nor_matplotlib():
     import sys
 
     code = (
-        "import sys, ssd_deploy.bench, ssd_deploy.cost, ssd_deploy.benchmark; "
+        "import sys, ssd_deploy.cli.bench, ssd_deploy.cost, ssd_deploy.benchmark; "
         "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -8,7 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from ssd_deploy import check, detect_cli
+from ssd_deploy.check import match_detections
+from ssd_deploy.cli import check
+from ssd_deploy.cli import detect as detect_cli
 
 
 def test_match_detections_counts_and_deltas():
@@ -16,18 +18,18 @@ def test_match_detections_counts_and_deltas():
     ref_s = np.array([0.9, 0.8, 0.7])
     got_b = np.array([[0.5, 0, 10.5, 10], [21, 20, 31, 30], [100, 100, 110, 110]], float)
     got_s = np.array([0.91, 0.75, 0.6])
-    m, miss, extra, sd, bd = check.match_detections(ref_b, ref_s, got_b, got_s)
+    m, miss, extra, sd, bd = match_detections(ref_b, ref_s, got_b, got_s)
     assert (m, miss, extra) == (2, 1, 1)
     np.testing.assert_allclose(sorted(sd), [0.01, 0.05], atol=1e-9)
     assert bd.shape == (2, 4)
     np.testing.assert_allclose(sorted(bd.max(axis=1)), [0.5, 1.0])
-    assert check.match_detections(ref_b, ref_s, got_b[:0], got_s[:0])[:3] == (0, 3, 0)
+    assert match_detections(ref_b, ref_s, got_b[:0], got_s[:0])[:3] == (0, 3, 0)
 
 
 def test_match_is_one_to_one():
     ref_b = np.array([[0, 0, 10, 10]], float)
     got_b = np.array([[0, 0, 10, 10], [0, 0, 10, 10.2]], float)
-    m, miss, extra, _, _ = check.match_detections(ref_b, np.array([0.5]), got_b, np.array([0.5, 0.49]))
+    m, miss, extra, _, _ = match_detections(ref_b, np.array([0.5]), got_b, np.array([0.5, 0.49]))
     assert (m, miss, extra) == (1, 0, 1)
 
 

@@ -3,7 +3,13 @@ import json
 import pytest
 
 from ssd_deploy.config import (
-    COCO300, VOC300, ConfigError, DetectParams, SSDConfig, make_config, preset,
+    COCO300,
+    VOC300,
+    ConfigError,
+    DetectParams,
+    SSDConfig,
+    make_config,
+    preset,
 )
 
 

@@ -15,7 +15,7 @@ from ssd_deploy.cost import model_cost, model_macs, model_params
     [("voc300", 21, 31.4), ("voc512", 21, 90.2)],
 )
 def test_macs_match_the_published_cost(name, classes, gmac):
-    # SPEC section 1 quotes the cost to one decimal place.
+    # docs/ssd.md ("Network") quotes the cost to one decimal place.
     assert round(model_macs(preset(name, num_classes=classes)) / 1e9, 1) == gmac
 
 

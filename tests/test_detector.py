@@ -71,7 +71,7 @@ def test_thresholds_per_call_and_array():
     det = Detector(FakeBackend())
     assert len(det.detect(_img(50, 50, False), conf_thresh=0.7)) == 0
     assert len(det.detect(_img(50, 50, False))) == 1
-    res, arr = det.detect([_img(50, 50, True)], return_array=True)
+    res, arr = det.detect_array([_img(50, 50, True)])
     assert arr.shape == (1, 21, 200, 5)
     assert arr[0, 12, 0, 0] == pytest.approx(0.9) and not arr[0, 0].any() and not arr[0, 12, 1].any()
     d = res[0].to_dict()

@@ -16,6 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 
 from ssd_deploy import export as ex  # noqa: E402
+from ssd_deploy.cli import export as export_cli  # noqa: E402
 
 
 def _dims(vi):
@@ -83,7 +84,7 @@ def test_verify_catches_a_wrong_graph(tmp_path, ssd300_model, ssd300_onnx, voc30
 
 # -- CLI and bad input -----------------------------------------------------------------------------
 def _cli(args, capsys):
-    code = ex.main(args)
+    code = export_cli.main(args)
     cap = capsys.readouterr()
     return code, cap.out, cap.err
 

@@ -1,4 +1,4 @@
-"""The PyTorch SSD: layout and parameter counts from SPEC section 1, head ordering, L2Norm, init.
+"""The PyTorch SSD: layout and parameter counts from docs/ssd.md ("Network"), head ordering, L2Norm, init.
 
 A full SSD300 forward costs ~31 GMAC on the CPU, so models are shared per module and shape-only
 checks run on the ``meta`` device (no arithmetic).
@@ -26,7 +26,7 @@ from ssd_deploy.model import (  # noqa: E402
 )
 from ssd_deploy.priors import prior_boxes  # noqa: E402
 
-# Facts written out from SPEC section 1, independent of the code under test.
+# Facts written out from docs/ssd.md ("Network"), independent of the code under test.
 VGG_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28, 31, 33)
 SRC_CHANNELS_300 = (512, 1024, 512, 256, 256, 256)
 ANCHORS_300 = (4, 6, 6, 6, 4, 4)

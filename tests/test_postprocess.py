@@ -105,7 +105,7 @@ def unmatched(ours: Detections, ref_rows: np.ndarray) -> int:
     bad = 0
     for cl in range(ref_rows.shape[0]):
         rows = ref_rows[cl][ref_rows[cl, :, 0] > 0]
-        mine = ours.labels == cl
+        mine = ours.class_ids == cl
         boxes, scores = ours.boxes[mine].astype(np.float64), ours.scores[mine]
         used = np.zeros(len(scores), bool)
         for score, *box in rows.astype(np.float64):
@@ -130,9 +130,9 @@ def unmatched(ours: Detections, ref_rows: np.ndarray) -> int:
 def check_detections_shape(dets: list[Detections], num_classes: int, background: int = 0) -> None:
     for d in dets:
         assert d.boxes.dtype == np.float32 and d.boxes.shape == (len(d), 4)
-        assert d.scores.dtype == np.float32 and d.labels.dtype == np.int64
+        assert d.scores.dtype == np.float32 and d.class_ids.dtype == np.int64
         assert (np.diff(d.scores) <= 0).all(), "not sorted by descending score"
-        assert ((d.labels >= 0) & (d.labels < num_classes) & (d.labels != background)).all()
+        assert ((d.class_ids >= 0) & (d.class_ids < num_classes) & (d.class_ids != background)).all()
 
 
 CASES = [
@@ -207,7 +207,7 @@ def test_detect_array_layout(priors300: np.ndarray, wh_grid: np.ndarray) -> None
             rebuilt += [(cl, *row) for row in arr[b, cl, :n]]
         mine = sorted(
             (int(lab), float(s), *map(float, box))
-            for lab, s, box in zip(dets[b].labels, dets[b].scores, dets[b].boxes)
+            for lab, s, box in zip(dets[b].class_ids, dets[b].scores, dets[b].boxes)
         )
         assert sorted(tuple(map(float, r)) for r in rebuilt) == mine
     # Same numbers as the reference, row for row (all scores distinct, so rows are determined).
@@ -235,20 +235,20 @@ def test_ties_at_the_top_k_cut(priors300: np.ndarray) -> None:
     dets = detect(loc, conf, priors300, VAR, params)[0]
     for cl in (1, 2):
         ref_rows = ref[0, cl][ref[0, cl, :, 0] > 0]
-        mine = dets.labels == cl
+        mine = dets.class_ids == cl
         assert mine.sum() == len(ref_rows)
         above_ref = ref_rows[ref_rows[:, 0] > tie]
         above_mine = np.c_[dets.scores[mine], dets.boxes[mine]][dets.scores[mine] > tie]
         np.testing.assert_array_equal(above_mine, above_ref)
     # Class 1: every tied box picked survives NMS; exactly k - 150 of them were picked.
-    assert int(((dets.labels == 1) & (dets.scores == tie)).sum()) == k - 150
+    assert int(((dets.class_ids == 1) & (dets.scores == tie)).sum()) == k - 150
     assert int(((ref[0, 1, :, 0]) == tie).sum()) == k - 150
-    assert int((dets.labels == 2).sum()) == 100
+    assert int((dets.class_ids == 2).sum()) == 100
     # The picked tied boxes are tied candidates (decoded exactly at their priors).
     corners = np.c_[
         priors300[tied, :2] - priors300[tied, 2:] / 2, priors300[tied, :2] + priors300[tied, 2:] / 2
     ]
-    picked = dets.boxes[(dets.labels == 1) & (dets.scores == tie)]
+    picked = dets.boxes[(dets.class_ids == 1) & (dets.scores == tie)]
     assert all(np.isclose(corners, box, atol=1e-6).all(1).any() for box in picked)
 
 
@@ -268,7 +268,7 @@ def test_ties_at_the_keep_top_k_cut(priors300: np.ndarray) -> None:
     assert len(dets) == 45 and int((ref[0, :, :, 0] > 0).sum()) == 45
     assert int((dets.scores == np.float32(0.5)).sum()) == 15
     np.testing.assert_array_equal(np.sort(dets.scores[dets.scores > 0.5]), np.sort(ref[0, 1, :30, 0]))
-    assert (dets.labels[dets.scores > 0.5] == 1).all()
+    assert (dets.class_ids[dets.scores > 0.5] == 1).all()
 
 
 def test_threshold_is_strict(priors300: np.ndarray) -> None:
@@ -375,4 +375,4 @@ def test_detect_both_equals_separate_calls():
     for a, b in zip(lst, ref_list):
         np.testing.assert_array_equal(a.scores, b.scores)
         np.testing.assert_array_equal(a.boxes, b.boxes)
-        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.class_ids, b.class_ids)

@@ -1,4 +1,4 @@
-"""Golden priors, derived by hand from SPEC section 2 (not from the code under test)."""
+"""Golden priors, derived by hand from docs/ssd.md ("Priors") (not from the code under test)."""
 
 import dataclasses
 import math

@@ -10,10 +10,10 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
+from quantize_models import tiny_ssd
 
+from ssd_deploy.cli.quantize import main
 from ssd_deploy.quantize import CalibrationError, images_from_folder, quantize_fp16, quantize_int8
-from ssd_deploy.quantize.__main__ import main
-from ssd_deploy.quantize.testing import tiny_ssd
 
 
 def _write_images(folder: Path, n: int, seed: int = 0) -> list[Path]:

@@ -7,11 +7,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
+from quantize_models import fp32_tensor, l2norm_in_real_precision, tiny_ssd
 
 from ssd_deploy.quantize.fp16 import FP16_MAX, convert_fp16, naive_fp16_nodes, plan_fp16
 from ssd_deploy.quantize.graph import GraphIndex, find_l2norm
 from ssd_deploy.quantize.ranges import collect_stats
-from ssd_deploy.quantize.testing import fp32_tensor, l2norm_in_real_precision, tiny_ssd
 
 L2 = {"node_l2_pow", "node_l2_sum", "node_l2_sqrt", "node_l2_add", "node_l2_div", "node_l2_out"}
 

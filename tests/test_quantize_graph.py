@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import helper
+from quantize_models import tiny_ssd
 
 from ssd_deploy.quantize.graph import (
     GraphError,
@@ -20,7 +21,6 @@ from ssd_deploy.quantize.graph import (
     set_metadata,
     toposort,
 )
-from ssd_deploy.quantize.testing import tiny_ssd
 
 L2_OPS = {"Pow", "ReduceSum", "Sqrt", "Add", "Div", "Mul"}
 

@@ -7,11 +7,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
+from quantize_models import tiny_ssd
 
 from ssd_deploy.quantize.graph import GraphIndex
 from ssd_deploy.quantize.int8 import build_int8, plan_int8, quantize_weights, share_pool_ranges, tensor_ranges
 from ssd_deploy.quantize.ranges import collect_stats, compute_amax
-from ssd_deploy.quantize.testing import tiny_ssd
 
 
 @pytest.fixture(scope="module")

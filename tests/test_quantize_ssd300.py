@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
+from quantize_models import fp32_tensor, l2norm_in_real_precision
 
 from ssd_deploy.quantize import gather_images, quantize_fp16, quantize_int8
 from ssd_deploy.quantize.fp16 import FP16_MAX, convert_fp16, naive_fp16_nodes, plan_fp16
 from ssd_deploy.quantize.graph import GraphIndex, find_heads, find_l2norm
-from ssd_deploy.quantize.testing import fp32_tensor, l2norm_in_real_precision
 
 
 @pytest.fixture(scope="module")

@@ -106,7 +106,7 @@ def _local_only_ray():
 # module's in-process service.
 def test_cli_starts_answers_and_stops_on_sigint(ssd300_onnx):
     port = _free_port()
-    cmd = [sys.executable, "-m", "ssd_deploy.serve.cli", "--engine", str(ssd300_onnx), "--port", str(port),
+    cmd = [sys.executable, "-m", "ssd_deploy.cli.serve", "--engine", str(ssd300_onnx), "--port", str(port),
            "--max-batch", "2", "--quiet"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
@@ -133,7 +133,7 @@ def test_cli_starts_answers_and_stops_on_sigint(ssd300_onnx):
 
 def test_cli_refuses_a_missing_engine_without_starting_ray(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "ssd_deploy.serve.cli", "--engine", str(tmp_path / "x.onnx")],
+        [sys.executable, "-m", "ssd_deploy.cli.serve", "--engine", str(tmp_path / "x.onnx")],
         capture_output=True,
         text=True,
         timeout=60,

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import ssd_deploy.triton as gen
+from ssd_deploy.cli.triton import main as triton_main
 from ssd_deploy.config import preset
-from ssd_deploy.serve import triton as gen
-from ssd_deploy.serve.triton import RepoOptions, Sym, TritonError
+from ssd_deploy.triton import RepoOptions, Sym, TritonError
 
 pytest.importorskip("tritonclient", reason="tritonclient not installed (serve extra)")
 from google.protobuf import json_format  # noqa: E402
@@ -28,7 +29,7 @@ pb2 = gen.load_model_config_schema()
 
 def _fake_plan(tmp_path: Path, profiles=((1, 8, 32),), outputs=("loc", "conf"), config=None) -> Path:
     """A stand-in plan (bytes are never read) with a manifest written by the TensorRT helper's class."""
-    from ssd_deploy.runtime.tensorrt.manifest import PlanManifest, manifest_path, write_manifest
+    from ssd_deploy.tensorrt.manifest import PlanManifest, manifest_path, write_manifest
 
     cfg = config or preset("voc300")
     plan = tmp_path / "ssd300_fp16.plan"
@@ -367,12 +368,12 @@ def test_postprocess_model_answers_good_requests_next_to_bad_ones(tmp_path, ssd3
 
 def test_cli_writes_and_checks(tmp_path, ssd300_onnx, capsys):
     repo = tmp_path / "model_repository"
-    assert gen.main(["--engine", str(ssd300_onnx), "--output", str(repo), "--max-batch", "4"]) == 0
+    assert triton_main(["--engine", str(ssd300_onnx), "--output", str(repo), "--max-batch", "4"]) == 0
     out = capsys.readouterr().out
     assert "max batch 4" in out and "parses with Triton's model-config schema" in out
     assert _engine_cfg(repo).max_batch_size == 4
-    assert gen.main(["--check", str(repo)]) == 0
-    assert gen.main(["--engine", str(tmp_path / "missing.plan"), "--output", str(tmp_path / "r2")]) == 1
+    assert triton_main(["--check", str(repo)]) == 0
+    assert triton_main(["--engine", str(tmp_path / "missing.plan"), "--output", str(tmp_path / "r2")]) == 2
     assert "no such engine file" in capsys.readouterr().err
 
 

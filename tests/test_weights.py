@@ -1,5 +1,5 @@
 """Checkpoint loading: ssd.pytorch files and wrappers, the VGG base file, torchvision's
-ssd300_vgg16 mapping (SPEC section 4), and every way a file can be wrong."""
+ssd300_vgg16 mapping (docs/ssd.md ("Checkpoints")), and every way a file can be wrong."""
 
 from __future__ import annotations
 
@@ -192,7 +192,7 @@ def test_vgg_base_file(tmp_path, target, source_sd):
 
 # -- torchvision ------------------------------------------------------------------------------------
 def _torchvision_pairs() -> list[tuple[str, str, tuple[int, ...]]]:
-    """(torchvision name, ssd.pytorch name, shape) for ssd300_vgg16, 91 classes, from SPEC 4."""
+    """(torchvision name, ssd.pytorch name, shape) for ssd300_vgg16, 91 classes, from docs/ssd.md ("Checkpoints")."""
     feats = {0: (64, 3), 2: (64, 64), 5: (128, 64), 7: (128, 128), 10: (256, 128), 12: (256, 256),
              14: (256, 256), 17: (512, 256), 19: (512, 512), 21: (512, 512)}  # fmt: skip
     convs = [(f"backbone.features.{i}", f"vgg.{i}", (o, c, 3, 3)) for i, (o, c) in feats.items()]
@@ -226,7 +226,7 @@ def torchvision_file(tmp_path_factory):
     gen = torch.Generator().manual_seed(11)
     pairs = _torchvision_pairs()
     sd = {tv: torch.randn(shape, generator=gen) for tv, _, shape in pairs}
-    assert len(sd) == 71 and sum(v.numel() for v in sd.values()) == 35_641_826  # SPEC's count
+    assert len(sd) == 71 and sum(v.numel() for v in sd.values()) == 35_641_826  # the count in docs/ssd.md
     path = tmp_path_factory.mktemp("tv") / "ssd300_vgg16_coco.pth"
     torch.save(sd, path)
     return path, sd, pairs

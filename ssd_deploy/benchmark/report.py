@@ -14,7 +14,6 @@ import os
 import platform
 import shutil
 import subprocess
-
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import SSDDeployError
+from ..contract import artifact_kind
+from ..errors import SSDDeployError, one_line
 from .stats import Summary, summarize
 
 #: Stage names reported per call, in pipeline order; "postprocess" is decode + NMS.
@@ -304,19 +305,22 @@ def backend_options(
     device: str | None = None,
     client_threads: int = 1,
     cuda_graphs: bool = False,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Keyword options for :meth:`Detector.load` that the artifact's backend understands."""
-    suffix = Path(path).suffix.lower()
+    kind = artifact_kind(path)
     opts: dict[str, Any] = {}
-    if suffix == ".onnx":
+    if precision:
+        opts["precision"] = precision
+    if kind == "onnx":
         if intra_op_threads:
             opts["intra_op_threads"] = intra_op_threads
         if device:
             opts["device"] = device
-    elif suffix in (".pth", ".pt"):
+    elif kind == "torch":
         if intra_op_threads:
             opts["threads"] = intra_op_threads
-    elif suffix in (".plan", ".engine", ".trt"):
+    elif kind == "plan":
         # One execution context per client thread, or concurrent calls would queue for one.
         opts["contexts"] = max(2, client_threads)
         if cuda_graphs:
@@ -353,6 +357,7 @@ def open_subject(
     device: str | None = None,
     client_threads: int = 1,
     cuda_graphs: bool = False,
+    precision: str | None = None,
 ) -> Subject:
     """Load ``path`` into a :class:`Detector`; any failure becomes a one-line :class:`BenchError`."""
     from ..config import ConfigError
@@ -361,14 +366,14 @@ def open_subject(
     p = Path(path)
     if not p.exists():
         raise BenchError(f"{p}: no such file")
-    opts = backend_options(p, intra_op_threads, device, client_threads, cuda_graphs)
+    opts = backend_options(p, intra_op_threads, device, client_threads, cuda_graphs, precision)
     try:
         det = Detector.load(p, **opts)
     except (BackendError, ConfigError, OSError, ValueError) as e:
-        raise BenchError(_naming(p, _one_line(e))) from None
+        raise BenchError(_naming(p, one_line(e))) from None
     except ImportError as e:
         # A backend whose library is absent (TensorRT on a machine without it).
-        raise BenchError(f"{p}: cannot open it here: {_one_line(e)}") from None
+        raise BenchError(f"{p}: cannot open it here: {one_line(e)}") from None
     return Subject(label=label, detector=det, path=str(p), options=opts)
 
 
@@ -377,6 +382,3 @@ def _naming(path: Path, message: str) -> str:
     return message if str(path) in message or path.name in message else f"{path}: {message}"
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -44,8 +44,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one line, exit 2, like every other bad input
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -65,7 +64,10 @@ def run(
     argv: Sequence[str] | None = None,
 ) -> int:
     """Parse ``argv``, run ``execute`` and map its outcome to the exit-code policy."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed as one line
+        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_BAD_INPUT
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -136,6 +138,8 @@ def output_file(path: str | os.PathLike[str], *, suffixes: Sequence[str] = ()) -
     from ..fileio import output_problem
 
     out = Path(path)
+    if out.is_dir():
+        raise InputError(f"{out}: is a directory, expected a file path")
     if suffixes and out.suffix.lower() not in suffixes:
         raise InputError(f"{out}: expected a {' or '.join(suffixes)} file")
     problem = output_problem(out)
@@ -185,3 +189,32 @@ def detect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.keep_top_k != "model":
         out["keep_top_k"] = None if args.keep_top_k == "none" else args.keep_top_k
     return out
+
+
+def add_precision(p: argparse.ArgumentParser) -> None:
+    """``--precision``: run an FP32 graph at reduced precision where the backend offers it (opt-in)."""
+    p.add_argument("--precision", choices=("auto", "bf16"), default="auto",
+                   help="auto = what the artifact says (FP32 graphs run in FP32); bf16 = OpenVINO's "
+                        "BF16 inference on CPUs that have it")
+
+
+def backend_options(args: argparse.Namespace, engine: str | os.PathLike[str]) -> dict[str, Any]:
+    """Backend keyword arguments for ``Detector.load`` from :func:`add_device`/:func:`add_precision`."""
+    from ..contract import artifact_kind
+
+    opts: dict[str, Any] = {}
+    device = getattr(args, "device", "auto")
+    if artifact_kind(engine) == "onnx" and device not in (None, "auto"):
+        opts["device"] = device
+    precision = getattr(args, "precision", "auto")
+    if precision not in (None, "auto"):
+        opts["precision"] = precision
+    return opts
+
+
+def open_detector(args: argparse.Namespace, engine: str | os.PathLike[str] | None = None) -> Any:
+    """``Detector.load`` for ``--engine`` with the device and precision flags applied."""
+    from ..runtime import Detector
+
+    path = engine if engine is not None else args.engine
+    return Detector.load(path, **backend_options(args, path))

@@ -3,11 +3,11 @@
 Everything here needs torch; the runtime path (``ssd_deploy.runtime``, ``ops``) never imports it.
 """
 
+from .build import build_ssd
 from .ssd import (
     SSD,
     L2Norm,
     UntrainedWeightsWarning,
-    build_ssd,
     count_parameters,
     init_weights,
     warn_untrained,

@@ -1,7 +1,7 @@
 """Reference decode + Detect in PyTorch: the oracle the numpy runtime and every engine are compared with.
 
 A direct, loop-per-image, loop-per-class transcription of ssd.pytorch's ``Detect`` semantics
-(SPEC section 3), written as a plain function because the original legacy autograd ``Function``
+(docs/ssd.md ("Detect")), written as a plain function because the original legacy autograd ``Function``
 no longer runs on current PyTorch. It is deliberately simple and independent of
 :mod:`ssd_deploy.postprocess`; speed is not a goal here.
 """

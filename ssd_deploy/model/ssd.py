@@ -1,4 +1,4 @@
-"""SSD300/SSD512 with a VGG16 base, laid out exactly like ssd.pytorch checkpoints (SPEC section 1).
+"""SSD300/SSD512 with a VGG16 base, laid out exactly like ssd.pytorch checkpoints (docs/ssd.md, "Network").
 
 The module tree gives state-dict keys ``vgg.{N}.*``, ``L2Norm.weight``, ``extras.{i}.*``, ``loc.{k}.*``
 and ``conf.{k}.*`` (71 tensors for SSD300) so that ssd.pytorch files load without renaming. The head
@@ -9,21 +9,21 @@ against the convolution arithmetic when the model is built.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import SSDConfig, make_config
+from ..config import SSDConfig
+from ..layers import EXTRAS as _EXTRAS
+from ..layers import VGG_BASE as _VGG_BASE
 from ..priors import prior_boxes
 
 __all__ = [
     "L2Norm",
     "SSD",
-    "build_ssd",
     "init_weights",
     "count_parameters",
     "UntrainedWeightsWarning",
@@ -35,28 +35,11 @@ __all__ = [
 PHASES = ("train", "test")
 SIZES = (300, 512)
 
-# Base network (SPEC section 1): numbers are 3x3 pad-1 convs + ReLU, "M" a 2x2 max-pool and "C"
-# the same pool with ceil_mode (75 -> 38 for SSD300). pool5/conv6/conv7 are appended separately.
-_VGG_BASE: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512,
-)  # fmt: skip
 #: Index of the ReLU after conv4_3; its output (before the next pool) feeds L2Norm as source 0.
 CONV4_3_RELU = 22
 #: Number of modules in the VGG base list.
 VGG_LEN = 35
 
-# Extras as (out_channels, kernel, stride, padding); ReLU after every conv, odd ones are sources.
-_EXTRAS: dict[int, tuple[tuple[int, int, int, int], ...]] = {
-    300: (
-        (256, 1, 1, 0), (512, 3, 2, 1), (128, 1, 1, 0), (256, 3, 2, 1),
-        (128, 1, 1, 0), (256, 3, 1, 0), (128, 1, 1, 0), (256, 3, 1, 0),
-    ),
-    512: (
-        (256, 1, 1, 0), (512, 3, 2, 1), (128, 1, 1, 0), (256, 3, 2, 1),
-        (128, 1, 1, 0), (256, 3, 2, 1), (128, 1, 1, 0), (256, 3, 2, 1),
-        (128, 1, 1, 0), (256, 4, 1, 1),
-    ),
-}  # fmt: skip
 
 
 class UntrainedWeightsWarning(UserWarning):
@@ -292,52 +275,6 @@ def init_weights(model: nn.Module, seed: int = 0) -> nn.Module:
                 module.bias.zero_()
         elif isinstance(module, L2Norm):
             module.reset_parameters()
-    return model
-
-
-def build_ssd(
-    phase: str,
-    size: int | None = None,
-    num_classes: int | None = None,
-    *,
-    dataset: str = "voc",
-    config: SSDConfig | None = None,
-    weights: str | Path | Mapping[str, Tensor] | None = None,
-    seed: int = 0,
-) -> SSD:
-    """ssd.pytorch's ``build_ssd(phase, size=300, num_classes=21)`` with explicit config choices.
-
-    Without ``config`` the model uses ``make_config(size or 300, dataset, num_classes)``: the prior
-    layout follows ``dataset`` (``voc``/``coco``), never the class count. With ``config`` it is the
-    single source of facts and ``size``/``num_classes``, if given, must agree with it.
-    Weights are seeded (:func:`init_weights`); pass ``weights`` (a checkpoint path or state dict) to
-    load them, otherwise an :class:`UntrainedWeightsWarning` says the detections are meaningless.
-    """
-    if phase not in PHASES:
-        raise ValueError(f"build_ssd: phase must be 'train' or 'test', got {phase!r}")
-    if config is None:
-        size = 300 if size is None else size
-        if size not in SIZES:
-            raise ValueError(f"build_ssd: size must be 300 or 512, got {size!r}")
-        config = make_config(size=size, dataset=dataset, num_classes=num_classes)
-    else:
-        if size is not None and size != config.size:
-            raise ValueError(f"build_ssd: size={size} conflicts with config.size={config.size}")
-        if num_classes is not None and num_classes != config.num_classes:
-            raise ValueError(
-                f"build_ssd: num_classes={num_classes} conflicts with config.num_classes={config.num_classes}"
-            )
-        if config.size not in SIZES:
-            raise ValueError(f"build_ssd: size must be 300 or 512, got {config.size!r}")
-    model = init_weights(SSD(phase, config), seed)
-    if weights is None:
-        warn_untrained(f"SSD{config.size} ({config.num_classes} classes)")
-    else:
-        from .weights import load_weights
-
-        load_weights(model, weights)
-    if phase == "test":
-        model.eval()
     return model
 
 

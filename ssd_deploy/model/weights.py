@@ -1,5 +1,5 @@
 """Checkpoint loading: ssd.pytorch files, the ``vgg16_reducedfc.pth`` base and torchvision's
-``ssd300_vgg16`` state dict (SPEC section 4), all mapped onto the ssd.pytorch key layout.
+``ssd300_vgg16`` state dict (docs/ssd.md ("Checkpoints")), all mapped onto the ssd.pytorch key layout.
 
 Files are read only with ``torch.load(..., weights_only=True)``: a pickle that needs arbitrary Python
 objects is refused, never executed. Every failure is a :class:`WeightsError` whose one-line message
@@ -8,7 +8,6 @@ names the file and the problem.
 
 from __future__ import annotations
 
-from ..errors import InputError
 import pickle
 import re
 import warnings
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..config import COCO_CLASSES, PRIOR_CONFIGS, DetectParams, SSDConfig, make_config
+from ..errors import InputError
 from .ssd import SSD, VGG_LEN, init_weights, warn_untrained
 
 __all__ = [

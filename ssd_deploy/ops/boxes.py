@@ -1,7 +1,7 @@
 """Box arithmetic for the runtime: decode, areas, IoU and batched greedy NMS, in numpy only.
 
 Boxes are corner boxes ``(x1, y1, x2, y2)``; every function accepts any number of leading
-dimensions. The arithmetic follows ssd.pytorch (SPEC section 3) operation by operation, in float32,
+dimensions. The arithmetic follows ssd.pytorch (docs/ssd.md ("Detect")) operation by operation, in float32,
 so that results agree with the PyTorch reference to the last bit wherever the two libraries' ``exp``
 agree.
 """

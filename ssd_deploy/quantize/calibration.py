@@ -15,7 +15,6 @@ Writes are atomic (temporary file + rename), so an interrupted run never leaves 
 
 from __future__ import annotations
 
-from ..errors import SSDDeployError
 import hashlib
 import inspect
 import json
@@ -28,6 +27,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..config import SSDConfig
+from ..contract import INPUT
+from ..errors import SSDDeployError
 from ..fileio import atomic_write
 from .ranges import BINS, METHODS_VERSION, TensorStats, collect_stats, compute_amax
 
@@ -257,7 +258,7 @@ def calibrate(
     cache_path: str | os.PathLike[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     console: Any = None,
-    input_name: str = "images",
+    input_name: str = INPUT,
 ) -> Calibration:
     """Statistics of ``tensors`` over ``images``, from the cache when it is valid.
 

@@ -96,15 +96,6 @@ CONVERTIBLE_OPS = FP16_OPS | frozenset(
     }
 )
 
-RULE_REASONS = {
-    "constant": "constant subgraph (e.g. the priors table): kept bit-exact",
-    "l2norm": "L2Norm: the sum of squares over 512 channels overflows FP16",
-    "softmax": "softmax stays FP32",
-    "decode": "box decode (Exp) stays FP32",
-    "user": "kept FP32 by --keep-fp32",
-}
-
-
 @dataclass
 class Fp16Plan:
     """Which nodes run in FP16 and why the others stay FP32."""

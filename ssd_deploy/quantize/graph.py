@@ -7,19 +7,20 @@ node's ``metadata_props`` second, so a renamed or re-exported graph is still han
 
 from __future__ import annotations
 
-from ..errors import InputError
 import fnmatch
-import hashlib
 import heapq
 import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import onnx
 from onnx import NodeProto, TensorProto, numpy_helper
+
+from ..contract import CONF, LOC
+from ..errors import InputError
 
 FLOAT = TensorProto.FLOAT
 FLOAT16 = TensorProto.FLOAT16
@@ -74,14 +75,6 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         return onnx.load(str(p))
     except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and friends
         raise GraphError(f"{p}: not a readable ONNX file ({type(e).__name__})") from None
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def ensure_node_names(graph: onnx.GraphProto) -> None:
@@ -413,7 +406,7 @@ def find_l2norm(idx: GraphIndex) -> list[L2NormMatch]:
     return matches
 
 
-def find_heads(idx: GraphIndex, outputs: Sequence[str] = ("loc", "conf")) -> dict[str, list[str]]:
+def find_heads(idx: GraphIndex, outputs: Sequence[str] = (LOC, CONF)) -> dict[str, list[str]]:
     """The Conv nodes feeding each named output through layout ops only (the SSD heads)."""
     heads: dict[str, list[str]] = {}
     for out in outputs:
@@ -508,11 +501,6 @@ def subgraph_nodes(idx: GraphIndex, inputs: Sequence[str], outputs: Sequence[str
                 frontier.append(i)
     keep = fwd & back
     return [n for n in idx.graph.node if n.name in keep]
-
-
-def iter_metadata(model: onnx.ModelProto) -> Iterator[tuple[str, str]]:
-    for p in model.metadata_props:
-        yield p.key, p.value
 
 
 def set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:

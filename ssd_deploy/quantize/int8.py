@@ -1,4 +1,4 @@
-"""INT8 Q/DQ ONNX the way strongly typed TensorRT wants it (SPEC section 6).
+"""INT8 Q/DQ ONNX the way strongly typed TensorRT wants it (docs/precision.md).
 
 * activations: per-tensor, symmetric (zero point 0, INT8), one ``QuantizeLinear -> DequantizeLinear``
   pair on each input tensor of a Conv or pooling node, shared by all quantized readers;

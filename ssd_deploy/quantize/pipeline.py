@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..errors import SSDDeployError
 import json
 import os
 import time
@@ -14,6 +13,8 @@ import numpy as np
 import onnx
 
 from ..config import PRECISION_KEY, RECIPE_KEY, ConfigError, SSDConfig
+from ..contract import CONF, INPUT, LOC, PRIORS, sha256_file
+from ..errors import SSDDeployError
 from ..fileio import atomic_write, output_problem
 from .calibration import (
     Calibration,
@@ -23,7 +24,7 @@ from .calibration import (
     iter_batches,
 )
 from .fp16 import DEFAULT_MARGIN, Fp16Plan, convert_fp16, fp16_underflow, plan_fp16
-from .graph import GraphError, GraphIndex, file_sha256, load_model, set_metadata
+from .graph import GraphError, GraphIndex, load_model, set_metadata
 from .int8 import TARGETS, Int8Plan, TensorRange, build_int8, plan_int8, share_pool_ranges, tensor_ranges
 from .ranges import BINS, METHODS
 
@@ -80,9 +81,9 @@ def _load_source(onnx_path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, SS
     precision = meta.get(PRECISION_KEY, "fp32")
     if precision != "fp32":
         raise QuantizeError(f"{onnx_path}: is already {precision}; convert the FP32 export instead")
-    if not model.graph.input or model.graph.input[0].name != "images":
-        raise QuantizeError(f"{onnx_path}: expected the input 'images' of an ssd_deploy export")
-    return model, config, file_sha256(onnx_path)
+    if not model.graph.input or model.graph.input[0].name != INPUT:
+        raise QuantizeError(f"{onnx_path}: expected the input '{INPUT}' of an ssd_deploy export")
+    return model, config, sha256_file(onnx_path)
 
 
 def _check_output(source: Path, output: Path) -> None:
@@ -114,10 +115,10 @@ def _parity(source: onnx.ModelProto, converted: onnx.ModelProto, batch: np.ndarr
         sess = ort.InferenceSession(
             m.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
         )
-        outs[tag] = sess.run(["loc", "conf", "priors"], {"images": batch})
+        outs[tag] = sess.run([LOC, CONF, PRIORS], {INPUT: batch})
     return {
         name: float(np.max(np.abs(a.astype(np.float64) - b)))
-        for name, a, b in zip(("loc", "conf", "priors"), outs["fp32"], outs["new"])
+        for name, a, b in zip((LOC, CONF, PRIORS), outs["fp32"], outs["new"])
     }
 
 

@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..contract import INPUT
+
 #: Histogram resolution (TensorRT's legacy entropy calibrator used the same 2048 bins).
 BINS = 2048
 #: INT8 symmetric quantisation uses levels -127..127.
@@ -205,7 +207,7 @@ def collect_stats(
     batches: Iterable[np.ndarray],
     tensors: Sequence[str],
     *,
-    input_name: str = "images",
+    input_name: str = INPUT,
     on_batch: Callable[[int], None] | None = None,
     intra_op_threads: int | None = None,
 ) -> dict[str, TensorStats]:

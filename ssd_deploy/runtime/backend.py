@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ..errors import SSDDeployError
 import abc
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..config import SSDConfig
+from ..errors import SSDDeployError
 
 
 class BackendError(SSDDeployError, RuntimeError):

@@ -6,24 +6,27 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union, overload
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import PIL.Image
+
 from ..config import DetectParams, SSDConfig
+from ..contract import artifact_kind, describe_suffixes
 from ..postprocess import Detections, detect_both
 from ..postprocess import detect as _detect_normalised
-from ..preprocess import is_single_image, preprocess
+from ..preprocess import image_list, is_single_image, preprocess
 from ..priors import prior_boxes
 from .backend import Backend, BackendError
 
-ImageInput = Union[str, os.PathLike, bytes, np.ndarray, Any]  # Any: PIL.Image.Image
+#: One image: a path, encoded bytes, a PIL image or an ``H x W x 3`` uint8 RGB array.
+SingleImage = Union[str, os.PathLike, bytes, np.ndarray, "PIL.Image.Image"]  # noqa: F821
+ImageInput = SingleImage  # the older name
 
 _UNSET: Any = object()
 
-ONNX_SUFFIXES = (".onnx",)
-PLAN_SUFFIXES = (".plan", ".engine", ".trt")
-TORCH_SUFFIXES = (".pth", ".pt")
 
 
 @dataclass(frozen=True)
@@ -59,25 +62,22 @@ class ImageDetections:
 
 
 def backend_for(path: str | os.PathLike[str], **options: Any) -> Backend:
-    """Open ``path`` with the backend its file type calls for."""
+    """Open ``path`` with the backend its file type calls for (:func:`ssd_deploy.contract.artifact_kind`)."""
     p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix in ONNX_SUFFIXES:
+    kind = artifact_kind(p)
+    if kind == "onnx":
         from .onnxrt import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(p, **options)
-    if suffix in PLAN_SUFFIXES:
+    if kind == "plan":
         from .tensorrt.backend import TensorRTBackend
 
         return TensorRTBackend(p, **options)
-    if suffix in TORCH_SUFFIXES:
+    if kind == "torch":
         from .pytorch import TorchBackend
 
         return TorchBackend(p, **options)
-    raise BackendError(
-        f"{p}: unknown artifact type {suffix or '(no suffix)'!r}; expected .onnx (ONNX Runtime), "
-        ".plan/.engine (TensorRT) or .pth/.pt (PyTorch checkpoint)"
-    )
+    raise BackendError(f"{p}: unknown artifact type {p.suffix or '(no suffix)'!r}; expected {describe_suffixes()}")
 
 
 class Detector:
@@ -101,35 +101,82 @@ class Detector:
         """Open an ``.onnx``, ``.plan`` or PyTorch checkpoint; the config comes from the file."""
         return cls(backend_for(path, **backend_options), params=params)
 
+    @property
+    def untrained(self) -> bool:
+        """True when the artifact records that it was exported from seeded (untrained) weights."""
+        import json
+
+        from ..contract import WEIGHTS_KEY
+
+        try:
+            info = json.loads((getattr(self.backend, "metadata", None) or {}).get(WEIGHTS_KEY, "{}"))
+        except (json.JSONDecodeError, TypeError):
+            return False
+        return isinstance(info, dict) and info.get("source") == "seeded-init"
+
     # -- running --------------------------------------------------------------------------------
+    @overload
+    def detect(
+        self, images: SingleImage, *, conf_thresh: float | None = None, nms_thresh: float | None = None,
+        top_k: int | None = None, keep_top_k: int | None = ...,
+    ) -> ImageDetections: ...
+
+    @overload
+    def detect(
+        self, images: Sequence[SingleImage], *, conf_thresh: float | None = None,
+        nms_thresh: float | None = None, top_k: int | None = None, keep_top_k: int | None = ...,
+    ) -> list[ImageDetections]: ...
+
     def detect(
         self,
-        images: ImageInput | Sequence[ImageInput],
+        images: SingleImage | Sequence[SingleImage],
         *,
         conf_thresh: float | None = None,
         nms_thresh: float | None = None,
         top_k: int | None = None,
         keep_top_k: int | None = _UNSET,
-        return_array: bool = False,
-    ) -> Any:
-        """Detect objects in one image or a list of images.
+    ) -> ImageDetections | list[ImageDetections]:
+        """Detect objects in one image (returns :class:`ImageDetections`) or a list (returns a list).
 
         An image is a file path, encoded bytes, a PIL image or an ``H x W x 3`` uint8 array (RGB).
-        Returns one :class:`ImageDetections` for a single image, a list for a list. With
-        ``return_array=True`` also returns the classic ``[B, C, top_k, 5]`` array (normalised
-        boxes) as a second value. Thresholds default to the model's config.
+        Thresholds default to the model's config; ``keep_top_k=None`` means no per-image cap.
         """
-        results, array, _ = self._run(images, conf_thresh, nms_thresh, top_k, keep_top_k, return_array, None)
-        return (results, array) if return_array else results
+        results, _ = self._run(images, conf_thresh, nms_thresh, top_k, keep_top_k, False, None)
+        return results[0] if is_single_image(images) else results
 
-    def detect_timed(self, images: ImageInput | Sequence[ImageInput], **kwargs: Any) -> tuple[Any, dict[str, float]]:
-        """:meth:`detect` plus seconds per stage: preprocess, h2d, compute, d2h, postprocess, total."""
-        timings: dict[str, float] = {}
+    def detect_batch(self, images: Sequence[SingleImage], **thresholds: Any) -> list[ImageDetections]:
+        """:meth:`detect` for a list of images, always returning a list (one entry per image)."""
+        if is_single_image(images):
+            raise TypeError("detect_batch takes a list of images; use detect() for a single image")
+        results, _ = self._run(images, *self._thresholds(thresholds), False, None)
+        return results
+
+    def detect_array(
+        self, images: Sequence[SingleImage], **thresholds: Any
+    ) -> tuple[list[ImageDetections], np.ndarray]:
+        """:meth:`detect_batch` plus ssd.pytorch's classic ``[B, C, top_k, 5]`` array (rows
+        ``score, x1, y1, x2, y2`` normalised, class 0 empty), from the same single post-process pass."""
+        if is_single_image(images):
+            images = [images]  # type: ignore[list-item]
+        results, array = self._run(images, *self._thresholds(thresholds), True, None)
+        assert array is not None
+        return results, array
+
+    @staticmethod
+    def _thresholds(kwargs: dict[str, Any]) -> list[Any]:
         args = [kwargs.pop(k, d) for k, d in
                 (("conf_thresh", None), ("nms_thresh", None), ("top_k", None), ("keep_top_k", _UNSET))]
         if kwargs:
             raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
-        results, _, _ = self._run(images, *args, False, timings)
+        return args
+
+    def detect_timed(
+        self, images: SingleImage | Sequence[SingleImage], **thresholds: Any
+    ) -> tuple[list[ImageDetections], dict[str, float]]:
+        """:meth:`detect_batch` plus seconds per stage: preprocess, h2d, compute, d2h, postprocess, total."""
+        timings: dict[str, float] = {}
+        items = [images] if is_single_image(images) else images
+        results, _ = self._run(items, *self._thresholds(thresholds), False, timings)
         return results, timings
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +205,7 @@ class Detector:
         out = []
         for d, (w, h) in zip(dets, sizes):
             px = d.scaled(w, h)
-            labels = px.labels.astype(np.int64, copy=False)
+            labels = px.class_ids.astype(np.int64, copy=False)
             out.append(ImageDetections(
                 boxes=px.boxes, scores=px.scores, class_ids=labels,
                 class_names=tuple(self._names[labels].tolist()), image_size=(int(w), int(h)),
@@ -169,12 +216,11 @@ class Detector:
     def _run(
         self, images: Any, conf_thresh: float | None, nms_thresh: float | None, top_k: int | None,
         keep_top_k: Any, return_array: bool, timings: dict[str, float] | None,
-    ) -> tuple[Any, np.ndarray | None, dict[str, float] | None]:  # fmt: skip
+    ) -> tuple[list[ImageDetections], np.ndarray | None]:  # fmt: skip
         params = self.params_for(conf_thresh, nms_thresh, top_k, keep_top_k)
-        single = is_single_image(images)
-        items = [images] if single else list(images)
+        items = image_list(images)
         if not items:
-            return ([] if not single else None), None, timings
+            return [], None
         t0 = time.perf_counter()
         batch, sizes = preprocess(items, self.config)
         t1 = time.perf_counter()
@@ -189,7 +235,7 @@ class Detector:
         if timings is not None:
             timings.update(preprocess=t1 - t0, postprocess=t3 - t2, total=t3 - t0)
             timings.setdefault("compute", t2 - t1)
-        return (results[0] if single else results), array, timings
+        return results, array
 
     def _infer(self, batch: np.ndarray, timings: dict[str, float] | None) -> tuple[np.ndarray, np.ndarray]:
         s = self.config.size
@@ -211,11 +257,23 @@ class Detector:
                 loc, conf, st = self.backend.run_timed(part)
                 for key, val in (("h2d", st.h2d), ("compute", st.compute), ("d2h", st.d2h)):
                     timings[key] = timings.get(key, 0.0) + val
+            self._check_outputs(loc, conf)
             locs.append(loc[:m])
             confs.append(conf[:m])
         if len(locs) == 1:
             return locs[0], confs[0]
         return np.concatenate(locs), np.concatenate(confs)
+
+    def _check_outputs(self, loc: np.ndarray, conf: np.ndarray) -> None:
+        """A graph that disagrees with its metadata, or outputs NaN, is an error, not an empty result."""
+        p, c = self.config.num_priors, self.config.num_classes
+        if loc.shape[1:] != (p, 4) or conf.shape[1:] != (p, c):
+            raise BackendError(
+                f"{self.backend.path}: the network outputs loc {list(loc.shape)} and conf {list(conf.shape)}, "
+                f"but its config says {p} priors and {c} classes: the metadata does not belong to this graph"
+            )
+        if not (np.isfinite(conf).all() and np.isfinite(loc).all()):
+            raise BackendError(f"{self.backend.path}: the network output has non-finite values (NaN or inf)")
 
     def close(self) -> None:
         self.backend.close()

@@ -1,4 +1,4 @@
-"""Serving: the runtime behind an HTTP API on Ray Serve, and a Triton model repository generator.
+"""Serving: the runtime behind an HTTP API on Ray Serve (Triton repositories: :mod:`ssd_deploy.triton`).
 
 Ray is an optional dependency (``pip install 'ssd_deploy[serve]'``); it is imported only when
 the Ray parts are used: ``from ssd_deploy.serve import ServeOptions, start``.

@@ -31,7 +31,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,8 @@ except ImportError as _e:  # pragma: no cover - exercised only where the extra i
         f"the Ray Serve app needs the 'serve' extra ({_e.name} is missing): pip install 'ssd_deploy[serve]'"
     ) from None
 
+from ..contract import ONNX_SUFFIXES, PLAN_SUFFIXES
 from ..errors import SSDDeployError
-from ..runtime.detector import ONNX_SUFFIXES, PLAN_SUFFIXES
 from .service import DetectionService, Limits, Prepared, RequestError
 
 __all__ = ["ServeOptions", "RunningService", "ServeError", "build_app", "start", "SSDDetector"]
@@ -396,8 +396,3 @@ def _serve_running() -> bool:
     except Exception:  # noqa: BLE001 - any failure means there is no controller to reuse
         return False
     return True
-
-
-def options_dict(options: ServeOptions) -> dict[str, Any]:
-    """JSON-ready options (for logs and benchmark records)."""
-    return asdict(options)

@@ -9,7 +9,6 @@ the benchmark drive exactly the code the service runs.
 
 from __future__ import annotations
 
-from ..errors import SSDDeployError
 import math
 import os
 import struct
@@ -21,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..config import ConfigError, DetectParams
+from ..errors import SSDDeployError
 from ..preprocess import ImageError, load_image, preprocess
 from ..runtime.backend import BackendError
 from ..runtime.detector import Detector

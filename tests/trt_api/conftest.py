@@ -2,10 +2,10 @@
 
 - ``trt_surface``: the real TensorRT 11.4 Python API, dumped (in a subprocess) from the
   ``tensorrt_bindings`` extension after loading stand-in ``libnvinfer*.so.11`` libraries that
-  gcc builds here from the list of symbols the extension imports (SPEC section 7).
+  gcc builds here from the list of symbols the extension imports (docs/tensorrt.md).
 - ``cudart_surface``: the same for ``cuda.bindings.runtime``.
 - ``fake``: a fake GPU, fake cuda-python runtime and fake TensorRT module patched into
-  ``ssd_deploy.runtime.tensorrt._import`` for behavioural tests.
+  ``ssd_deploy.tensorrt.loader`` for behavioural tests.
 """
 
 from __future__ import annotations

@@ -15,11 +15,11 @@ from trt_onnx import make_ssd_like_onnx
 
 from ssd_deploy.config import preset
 from ssd_deploy.runtime.backend import BackendError
-from ssd_deploy.runtime.tensorrt import _import
 from ssd_deploy.runtime.tensorrt.backend import TensorRTBackend
-from ssd_deploy.runtime.tensorrt.builder import BuildOptions, build_plan, parse_batch_profiles
-from ssd_deploy.runtime.tensorrt.cuda import Cuda, CudaError, check
-from ssd_deploy.runtime.tensorrt.manifest import SKIP_CHECK_ENV, ManifestError, manifest_path
+from ssd_deploy.tensorrt import loader
+from ssd_deploy.tensorrt.builder import BuildOptions, build_plan, parse_batch_profiles
+from ssd_deploy.tensorrt.cuda import Cuda, CudaError, check
+from ssd_deploy.tensorrt.manifest import SKIP_CHECK_ENV, ManifestError, manifest_path
 
 VOC = preset("voc300")
 P, C = VOC.num_priors, VOC.num_classes
@@ -170,7 +170,7 @@ def test_tensorrt_version_mismatch(monkeypatch, onnx_fp32, tmp_path):
     msg = str(e.value)
     assert "built with TensorRT 11.3.0.20 but this machine has TensorRT 11.4.0.106" in msg
     assert (
-        f"rebuild with python -m ssd_deploy.build --onnx {onnx_fp32} on this machine" in msg
+        f"rebuild with ssd-build --onnx {onnx_fp32} on this machine" in msg
         and "\n" not in msg
     )
     assert not _runtime_made(fake)
@@ -345,7 +345,7 @@ def test_no_gpu_is_one_line_and_creates_no_tensorrt_objects(monkeypatch, onnx_fp
     fake = install_fake(
         monkeypatch, FakeGpu(device_count=0, device_count_error=int(cudaError_t.cudaErrorInsufficientDriver))
     )
-    with pytest.raises(_import.TensorRTUnavailable) as e:
+    with pytest.raises(loader.TensorRTUnavailable) as e:
         TensorRTBackend(plan)
     assert "no usable NVIDIA GPU: cudaErrorInsufficientDriver" in str(e.value) and "\n" not in str(e.value)
     assert fake.log.constructed == []
@@ -354,15 +354,15 @@ def test_no_gpu_is_one_line_and_creates_no_tensorrt_objects(monkeypatch, onnx_fp
 def test_real_environment_without_tensorrt_is_one_line(tmp_path):
     """No fakes: this machine has no TensorRT libraries and no GPU."""
     try:
-        _import.load_tensorrt()
+        loader.load_tensorrt()
         Cuda().device_count()
-    except _import.TensorRTUnavailable:
+    except loader.TensorRTUnavailable:
         pass
     else:
         pytest.skip("TensorRT and a GPU are usable here")
     plan = tmp_path / "x.plan"
     plan.write_bytes(b"\x00" * 16)
-    with pytest.raises(_import.TensorRTUnavailable) as e:
+    with pytest.raises(loader.TensorRTUnavailable) as e:
         TensorRTBackend(plan)
     assert str(e.value).count("\n") == 0
     assert "TensorRT is not available" in str(e.value) or "no usable NVIDIA GPU" in str(e.value)

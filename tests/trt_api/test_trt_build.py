@@ -1,4 +1,4 @@
-"""The plan builder and ``python -m ssd_deploy.build`` against the fake TensorRT / CUDA layer,
+"""The plan builder and ``ssd-build`` against the fake TensorRT / CUDA layer,
 plus the one-line "no TensorRT / no GPU" behaviour with the real (GPU-less) environment."""
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import pytest
 from trt_fakes import PLAN_MAGIC, FakeGpu, cudaError_t, install_fake
 from trt_onnx import make_ssd_like_onnx
 
-from ssd_deploy import build as build_cli
+from ssd_deploy.cli import build as build_cli
 from ssd_deploy.config import SSDConfig, preset
-from ssd_deploy.runtime.tensorrt import _import
-from ssd_deploy.runtime.tensorrt.builder import (
+from ssd_deploy.contract import sha256_file
+from ssd_deploy.tensorrt import loader
+from ssd_deploy.tensorrt.builder import (
     BatchProfile,
     BuildError,
     BuildOptions,
@@ -25,7 +26,7 @@ from ssd_deploy.runtime.tensorrt.builder import (
     parse_batch_profiles,
     read_onnx_info,
 )
-from ssd_deploy.runtime.tensorrt.manifest import manifest_path, read_manifest, sha256_file
+from ssd_deploy.tensorrt.manifest import manifest_path, read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -284,9 +285,9 @@ def test_no_gpu_is_one_line_and_builds_nothing(monkeypatch, onnx_fp16, tmp_path,
 
 def test_missing_tensorrt_is_one_line(monkeypatch, onnx_fp16, tmp_path, capsys):
     def missing():
-        raise _import.TensorRTUnavailable("TensorRT is not available (tensorrt: no module); pip install ...")
+        raise loader.TensorRTUnavailable("TensorRT is not available (tensorrt: no module); pip install ...")
 
-    monkeypatch.setattr(_import, "load_tensorrt", missing)
+    monkeypatch.setattr(loader, "load_tensorrt", missing)
     rc = build_cli.main(["--onnx", str(onnx_fp16), "--output", str(tmp_path / "n.plan")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "TensorRT is not available" in err
@@ -295,8 +296,8 @@ def test_missing_tensorrt_is_one_line(monkeypatch, onnx_fp16, tmp_path, capsys):
 def test_cli_in_the_real_environment_without_a_gpu(onnx_fp16, tmp_path):
     """No fakes: whatever is missing here (TensorRT libraries, driver, GPU) is one line, exit 2."""
     try:
-        tensorrt_usable = bool(_import.load_tensorrt()) and bool(
-            _import.load_cudart().cudaGetDeviceCount()[1]
+        tensorrt_usable = bool(loader.load_tensorrt()) and bool(
+            loader.load_cudart().cudaGetDeviceCount()[1]
         )
     except Exception:
         tensorrt_usable = False
@@ -304,12 +305,12 @@ def test_cli_in_the_real_environment_without_a_gpu(onnx_fp16, tmp_path):
         pytest.skip("TensorRT and a GPU are usable here")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "ssd_deploy.build", "--onnx", str(onnx_fp16), "--output", str(tmp_path / "r.plan")],
+        [sys.executable, "-m", "ssd_deploy.cli.build", "--onnx", str(onnx_fp16), "--output", str(tmp_path / "r.plan")],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ssd-build: ") and "Traceback" not in proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
     assert "TensorRT is not available" in lines[0] or "no usable NVIDIA GPU" in lines[0]
     assert not list(tmp_path.glob("*.plan*"))
 
@@ -331,8 +332,8 @@ def test_cli_builds_and_reports(fake, onnx_fp16, tmp_path, capsys):
     "args, rc, text",
     [
         (["--batch", "8:1:4"], 2, "--batch: batch profile '8:1:4' needs 1 <= min <= opt <= max"),
-        (["--output", "x.engine"], 1, "must end in .plan"),
-        (["--workspace", "0"], 1, "--workspace must be a positive"),
+        (["--output", "x.engine"], 2, "must end in .plan"),
+        (["--workspace", "0"], 2, "--workspace"),
     ],
 )
 def test_cli_errors(fake, onnx_fp16, tmp_path, capsys, args, rc, text):
@@ -341,8 +342,8 @@ def test_cli_errors(fake, onnx_fp16, tmp_path, capsys, args, rc, text):
     assert text in err and len(err.splitlines()) == 1
 
 
-def test_cli_bad_onnx_exit_1(fake, tmp_path, capsys):
-    assert build_cli.main(["--onnx", str(tmp_path / "missing.onnx")]) == 1
+def test_cli_bad_onnx_exit_2(fake, tmp_path, capsys):
+    assert build_cli.main(["--onnx", str(tmp_path / "missing.onnx")]) == 2
     assert "no such ONNX file" in capsys.readouterr().err
 
 
@@ -350,8 +351,8 @@ def test_cli_dry_run_needs_no_tensorrt(monkeypatch, onnx_fp16, tmp_path, capsys)
     def boom():
         raise AssertionError("dry run must not load TensorRT")
 
-    monkeypatch.setattr(_import, "load_tensorrt", boom)
-    monkeypatch.setattr(_import, "load_cudart", boom)
+    monkeypatch.setattr(loader, "load_tensorrt", boom)
+    monkeypatch.setattr(loader, "load_cudart", boom)
     assert build_cli.main(["--onnx", str(onnx_fp16), "--dry-run", "--output", str(tmp_path / "d.plan")]) == 0
     out = capsys.readouterr().out
     assert "ssd300_voc fp16" in out and "batch profiles 1:8:32" in out

@@ -19,17 +19,17 @@ import pytest
 from trt_onnx import make_ssd_like_onnx
 
 from ssd_deploy.config import preset
-from ssd_deploy.runtime.tensorrt import _import
-from ssd_deploy.runtime.tensorrt.builder import BuildOptions, build_plan, parse_batch_profiles, read_onnx_info
+from ssd_deploy.tensorrt import loader
+from ssd_deploy.tensorrt.builder import BuildOptions, build_plan, parse_batch_profiles, read_onnx_info
 
 
 def _gpu_reason() -> str | None:
     try:
-        _import.load_tensorrt()
-        from ssd_deploy.runtime.tensorrt.cuda import Cuda
+        loader.load_tensorrt()
+        from ssd_deploy.tensorrt.cuda import Cuda
 
         Cuda().device_count()
-    except _import.TensorRTUnavailable as e:
+    except loader.TensorRTUnavailable as e:
         return str(e)
     return None
 

@@ -927,12 +927,12 @@ class Fake:
 
 
 def install_fake(monkeypatch: Any, gpu: FakeGpu | None = None, **trt_options: Any) -> Fake:
-    """Patch the fakes into ``ssd_deploy.runtime.tensorrt._import`` (where all code loads them)."""
-    from ssd_deploy.runtime.tensorrt import _import
+    """Patch the fakes into ``ssd_deploy.tensorrt.loader`` (where all code loads them)."""
+    from ssd_deploy.tensorrt import loader
 
     gpu = gpu or FakeGpu()
     cudart = FakeCudaRuntime(gpu)
     trt = make_fake_tensorrt(gpu, **trt_options)
-    monkeypatch.setattr(_import, "load_tensorrt", lambda: trt)
-    monkeypatch.setattr(_import, "load_cudart", lambda: cudart)
+    monkeypatch.setattr(loader, "load_tensorrt", lambda: trt)
+    monkeypatch.setattr(loader, "load_cudart", lambda: cudart)
     return Fake(gpu, cudart, trt)

@@ -9,10 +9,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ...config import PRECISION_KEY, RECIPE_KEY, ConfigError, SSDConfig
+from ...config import ConfigError, SSDConfig
+from ...contract import CONF, INPUT, LOC, PRECISION_KEY, PRIORS, RECIPE_KEY
 from ...priors import prior_boxes
 from ..backend import Backend, BackendError
-
 
 _PROVIDER_ALIASES = {
     "cpu": ["CPUExecutionProvider"],
@@ -91,18 +91,18 @@ class OnnxRuntimeBackend(Backend):
     def _check_io(self, p: Path) -> None:
         ins = {i.name: i for i in self._session.get_inputs()}
         outs = {o.name: o for o in self._session.get_outputs()}
-        if "images" not in ins or not {"loc", "conf"} <= outs.keys():
+        if INPUT not in ins or not {LOC, CONF} <= outs.keys():
             raise BackendError(
-                f"{p}: expected input 'images' and outputs 'loc', 'conf'; found inputs {sorted(ins)} "
+                f"{p}: expected input '{INPUT}' and outputs '{LOC}', '{CONF}'; found inputs {sorted(ins)} "
                 f"outputs {sorted(outs)}"
             )
-        shape = ins["images"].shape
+        shape = ins[INPUT].shape
         s = self.config.size
         if len(shape) != 4 or list(shape[1:]) != [3, s, s]:
-            raise BackendError(f"{p}: input 'images' has shape {shape}, the config says [N,3,{s},{s}]")
+            raise BackendError(f"{p}: input '{INPUT}' has shape {shape}, the config says [N,3,{s},{s}]")
         n = shape[0]
         self._batch_range: tuple[int, int | None] = (n, n) if isinstance(n, int) else (1, None)
-        self._has_priors = "priors" in outs
+        self._has_priors = PRIORS in outs
 
     @property
     def session(self) -> Any:
@@ -124,13 +124,13 @@ class OnnxRuntimeBackend(Backend):
         if not self._priors_checked and self._has_priors:
             # The first call also fetches the file's priors and checks them against the config,
             # so a file whose graph and metadata disagree is caught rather than decoded wrongly.
-            loc, conf, priors = self._session.run(["loc", "conf", "priors"], {"images": images})
+            loc, conf, priors = self._session.run([LOC, CONF, PRIORS], {INPUT: images})
             expected = prior_boxes(self.config.prior)
             if priors.shape != expected.shape or not np.allclose(priors, expected, atol=1e-5):
                 raise BackendError(f"{self.path}: the priors in the graph do not match its metadata config")
             self._priors_checked = True
             return loc, conf
-        loc, conf = self._session.run(["loc", "conf"], {"images": images})
+        loc, conf = self._session.run([LOC, CONF], {INPUT: images})
         return loc, conf
 
     def describe(self) -> dict[str, object]:

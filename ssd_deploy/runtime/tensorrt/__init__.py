@@ -1,20 +1,10 @@
-"""TensorRT: plan builder, plan manifest and the ``.plan`` backend.
+"""The TensorRT ``.plan`` runner. Building plans is :mod:`ssd_deploy.tensorrt` (never imported here
+except for the shared loader, CUDA helpers and manifest reader).
 
-Importing this package imports neither TensorRT nor CUDA; they load when a plan is built or
-opened, and a missing library or GPU is reported in one line (:class:`TensorRTUnavailable`).
+Importing this package imports neither TensorRT nor CUDA; they load when a plan is opened.
 """
 
-from ._import import TensorRTUnavailable
-from .manifest import ManifestError, PlanManifest, manifest_path, read_manifest
-
-__all__ = [
-    "TensorRTUnavailable",
-    "ManifestError",
-    "PlanManifest",
-    "manifest_path",
-    "read_manifest",
-    "TensorRTBackend",
-]
+__all__ = ["TensorRTBackend"]
 
 
 def __getattr__(name: str):  # keep `import ssd_deploy.runtime.tensorrt` cheap

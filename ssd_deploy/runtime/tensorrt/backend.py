@@ -25,14 +25,16 @@ from typing import Any
 import numpy as np
 
 from ...config import ConfigError, SSDConfig
+from ...contract import CONF, INPUT, LOC
+from ...errors import one_line
+from ...tensorrt import loader
+from ...tensorrt.cuda import Cuda, CudaError, DeviceBuffer, Event, Graph, HostBuffer, Stream
+from ...tensorrt.manifest import SKIP_CHECK_ENV, ManifestError, check_compatible, manifest_path, read_manifest
+from ...tensorrt.trtlog import make_logger
 from ..backend import Backend, BackendError, StageTimes
-from . import _import
-from .cuda import Cuda, CudaError, DeviceBuffer, Event, Graph, HostBuffer, Stream
-from .manifest import SKIP_CHECK_ENV, ManifestError, check_compatible, manifest_path, read_manifest
-from .trtlog import make_logger
 
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("loc", "conf")
+INPUT_NAME = INPUT
+OUTPUT_NAMES = (LOC, CONF)
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class _Slot:
 
 
 class TensorRTBackend(Backend):
-    """A ``.plan`` built by ``python -m ssd_deploy.build``.
+    """A ``.plan`` built by ``ssd-build``.
 
     Args:
         path: the plan; its manifest ``<plan>.json`` must sit beside it.
@@ -108,13 +110,13 @@ class TensorRTBackend(Backend):
             raise BackendError(f"{self.path}: contexts must be >= 1, got {contexts}")
         plan = Path(path)
         if not plan.is_file():
-            raise BackendError(f"{plan}: no such TensorRT plan (build one with python -m ssd_deploy.build)")
+            raise BackendError(f"{plan}: no such TensorRT plan (build one with ssd-build)")
 
         # Environment first: without TensorRT, CUDA or a GPU nothing else matters, and no
         # TensorRT object may be created.
-        trt = _import.load_tensorrt()
+        trt = loader.load_tensorrt()
         self._trt = trt
-        self._cuda = Cuda(_import.load_cudart())
+        self._cuda = Cuda(loader.load_cudart())
         self.device = self._cuda.device_info(self._device_index)
         self._cuda.set_device(self._device_index)
 
@@ -142,7 +144,7 @@ class TensorRTBackend(Backend):
                 raise BackendError(f"{manifest_path(plan)}: bad SSD config: {e}") from None
         self.config = config
         self.precision = manifest.precision if manifest is not None else "unknown"
-        hint = manifest.rebuild_hint if manifest is not None else "rebuild it with python -m ssd_deploy.build"
+        hint = manifest.rebuild_hint if manifest is not None else "rebuild it with ssd-build"
 
         self._logger = make_logger(trt)
         try:
@@ -153,7 +155,7 @@ class TensorRTBackend(Backend):
             self._engine = self._runtime.deserialize_cuda_engine(data)
         except Exception as e:
             raise BackendError(
-                f"{plan}: TensorRT could not load the plan ({type(e).__name__}: {_import.one_line(e)}); {hint}"
+                f"{plan}: TensorRT could not load the plan ({type(e).__name__}: {one_line(e)}); {hint}"
             ) from None
         del data
         if self._engine is None:
@@ -260,7 +262,7 @@ class TensorRTBackend(Backend):
 
     def _check_output_shapes(self, context: Any, n: int) -> None:
         cfg = self.config
-        want = {"loc": (n, cfg.num_priors, 4), "conf": (n, cfg.num_priors, cfg.num_classes)}
+        want = {LOC: (n, cfg.num_priors, 4), CONF: (n, cfg.num_priors, cfg.num_classes)}
         for name, shape in want.items():
             got = tuple(int(d) for d in context.get_tensor_shape(name))
             if got != shape:
@@ -371,7 +373,7 @@ class TensorRTBackend(Backend):
             ranges = ", ".join(f"{lo}..{hi}" for lo, _, hi in self.profiles)
             raise BackendError(
                 f"{self.path}: batch {n} is outside the engine's batch profiles ({ranges}); split the "
-                f"batch or rebuild with python -m ssd_deploy.build --batch 1:{max(n, 1)}:{max(n, 1)}"
+                f"batch or rebuild with ssd-build --batch 1:{max(n, 1)}:{max(n, 1)}"
             )
         # Closest optimum first: TensorRT tuned each profile's kernels for its opt batch.
         return sorted(fits, key=lambda i: (abs(self.profiles[i][1] - n), i))

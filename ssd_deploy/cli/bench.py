@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .benchmark.report import (
+from ..benchmark.report import (
     DEFAULT_CV_THRESHOLD,
     build_report,
     check_writable,
@@ -31,7 +31,7 @@ from .benchmark.report import (
     write_markdown,
     write_plot,
 )
-from .benchmark.runner import (
+from ..benchmark.runner import (
     BenchError,
     Settings,
     Subject,
@@ -41,6 +41,7 @@ from .benchmark.runner import (
     run_benchmark,
     unique_labels,
 )
+from . import common
 
 
 def _batches(text: str) -> tuple[int, ...]:
@@ -56,9 +57,9 @@ def _batches(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ssd-bench",
-        description="Benchmark SSD artifacts end to end (preprocess, network, decode + NMS), several engines "
+    p = common.parser(
+        "ssd-bench",
+        "Benchmark SSD artifacts end to end (preprocess, network, decode + NMS), several engines "
         "interleaved in one run with ratios against a baseline. Metric definitions follow trtexec.",
     )
     p.add_argument(
@@ -78,13 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch sizes, e.g. 1,8,32 (default 1)",
     )
     p.add_argument(
-        "--warmup", type=int, default=2, metavar="N", help="unmeasured rounds per batch size (default 2)"
+        "--warmup", type=common.non_negative_int, default=2, metavar="N", help="unmeasured rounds per batch size (default 2)"
     )
     amount = p.add_mutually_exclusive_group()
     amount.add_argument(
         "--iterations",
         "-n",
-        type=int,
+        type=common.positive_int,
         default=None,
         metavar="N",
         help="measured rounds per batch size (default 20)",
@@ -92,39 +93,35 @@ def build_parser() -> argparse.ArgumentParser:
     amount.add_argument(
         "--duration",
         "-d",
-        type=float,
+        type=common.finite_float,
         default=None,
         metavar="S",
         help="measure about S seconds per engine and batch size instead (at least 3 rounds)",
     )
     p.add_argument(
-        "--threads",
-        "-t",
-        type=int,
+        "--clients",
+        "-c",
+        type=common.positive_int,
         default=1,
         metavar="N",
         help="concurrent client threads sharing one Detector per engine (default 1)",
     )
     p.add_argument(
         "--block",
-        type=int,
+        type=common.positive_int,
         default=1,
         metavar="N",
         help="calls per client thread in each interleaved slot (default 1)",
     )
     p.add_argument(
         "--intra-op-threads",
-        type=int,
+        type=common.positive_int,
         default=None,
         metavar="N",
         help="threads inside one inference (ONNX Runtime intra-op / torch); default: the library's",
     )
-    p.add_argument(
-        "--device",
-        default=None,
-        choices=("cpu", "cuda", "tensorrt", "auto"),
-        help="ONNX Runtime execution provider for .onnx engines (default cpu)",
-    )
+    common.add_device(p)
+    common.add_precision(p)
     p.add_argument(
         "--cuda-graphs",
         action="store_true",
@@ -144,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, metavar="NAME", help="engine label the ratios refer to")
     p.add_argument(
         "--cv-threshold",
-        type=float,
+        type=common.finite_float,
         default=DEFAULT_CV_THRESHOLD,
         metavar="PCT",
         help=f"flag results whose latency CV exceeds this (default {DEFAULT_CV_THRESHOLD:g} %%)",
@@ -172,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_inputs(folder: str | None, as_files: bool) -> tuple[list[Any], dict[str, Any]]:
     """Input photos (decoded RGB arrays, or paths with ``as_files``) and a description for the report."""
-    from .samples import SamplesUnavailable, list_images, sample_images
+    from ..samples import SamplesUnavailable, list_images, sample_images
 
     try:
         paths = list_images(folder) if folder else sample_images()
@@ -218,20 +215,13 @@ def _progress(quiet: bool, settings: Settings, n_engines: int) -> tuple[Any, Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from rich.console import Console
-    from rich.markup import escape
+    return common.run(build_parser, execute, argv)
 
-    args = build_parser().parse_args(argv)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def execute(args: argparse.Namespace) -> int:
     subjects: list[Subject] = []
     try:
-        return _run(args, subjects, list(sys.argv if argv is None else ["ssd-bench", *argv]))
-    except BenchError as e:
-        err.print(f"[red]error:[/red] {escape(str(e))}")
-        return 2
-    except KeyboardInterrupt:
-        err.print("[red]interrupted[/red]")
-        return 130
+        return _run(args, subjects, ["ssd-bench", *(sys.argv[1:])])
     finally:
         for s in subjects:
             s.detector.backend.close()
@@ -242,7 +232,7 @@ def _run(args: argparse.Namespace, subjects: list[Subject], command: list[str]) 
 
     iterations = args.iterations if args.iterations is not None or args.duration is not None else 20
     settings = Settings(batches=args.batch, warmup=args.warmup, iterations=iterations, duration=args.duration,
-                        threads=args.threads, block=args.block)  # fmt: skip
+                        threads=args.clients, block=args.block)  # fmt: skip
     settings.validate()
     for path, what in (
         (args.json, "JSON report"),
@@ -264,8 +254,9 @@ def _run(args: argparse.Namespace, subjects: list[Subject], command: list[str]) 
                 label,
                 path,
                 intra_op_threads=args.intra_op_threads,
-                device=args.device,
-                client_threads=args.threads,
+                device=None if args.device == "auto" else args.device,
+                precision=None if args.precision == "auto" else args.precision,
+                client_threads=args.clients,
                 cuda_graphs=args.cuda_graphs,
             )
         )

@@ -1,6 +1,7 @@
-"""``python -m ssd_deploy.build`` (``ssd-build``): ONNX export -> TensorRT plan + manifest.
+"""``ssd-build``: ONNX export -> TensorRT plan + manifest (the builder is :mod:`ssd_deploy.tensorrt.builder`).
 
-Exit codes: 0 built, 1 bad input or failed build, 2 usage error or no TensorRT/CUDA/GPU here.
+Exit codes as for every command: 0 built, 2 bad input, a refused graph or no TensorRT/CUDA/GPU here,
+130 interrupted (the partial plan is removed).
 """
 
 from __future__ import annotations
@@ -10,26 +11,23 @@ import contextlib
 import sys
 from pathlib import Path
 
-from .runtime.backend import BackendError
-from .runtime.tensorrt._import import TensorRTUnavailable
-from .runtime.tensorrt.builder import (
+from ..errors import InputError
+from ..tensorrt.builder import (
     MAX_OPT_LEVEL,
-    BuildError,
     BuildOptions,
     LineReporter,
     RichReporter,
     parse_batch_profiles,
     read_onnx_info,
 )
-from .runtime.tensorrt.manifest import HARDWARE_COMPAT
+from ..tensorrt.manifest import HARDWARE_COMPAT
+from . import common
 
-PROG = "ssd-build"
 
-
-def _arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m ssd_deploy.build",
-        description="Build a TensorRT plan (and its <plan>.json manifest) from an ssd_deploy ONNX export. "
+def build_parser() -> argparse.ArgumentParser:
+    p = common.parser(
+        "ssd-build",
+        "Build a TensorRT plan (and its <plan>.json manifest) from an ssd_deploy ONNX export. "
         "Precision comes from the ONNX graph (FP32, FP16 casts, or INT8 Q/DQ): TensorRT 11 networks "
         "are strongly typed.",
     )
@@ -48,7 +46,7 @@ def _arg_parser() -> argparse.ArgumentParser:
         help="timing cache to reuse and update (default <output folder>/timing.cache)",
     )
     p.add_argument("--no-timing-cache", action="store_true", help="build without a timing cache file")
-    p.add_argument("--workspace", type=int, metavar="MIB", help="workspace memory pool limit in MiB")
+    p.add_argument("--workspace", type=common.positive_int, metavar="MIB", help="workspace memory pool limit in MiB")
     p.add_argument(
         "--opt-level",
         type=int,
@@ -74,7 +72,7 @@ def _arg_parser() -> argparse.ArgumentParser:
         help="keep the export's outputs besides loc and conf (its constant priors) in the engine; "
         "by default they are dropped: the runtime computes priors from the config",
     )
-    p.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
+    p.add_argument("--gpu", type=common.non_negative_int, default=0, help="CUDA device index of the GPU to build for")
     p.add_argument(
         "--progress",
         choices=("auto", "bar", "lines", "none"),
@@ -95,53 +93,45 @@ def _log(msg: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _arg_parser().parse_args(argv)
+    return common.run(build_parser, execute, argv)
+
+
+def execute(args: argparse.Namespace) -> int:
     try:
         profiles = parse_batch_profiles(args.batch)
     except ValueError as e:
-        print(f"{PROG}: error: --batch: {e}", file=sys.stderr)
-        return 2
+        raise InputError(f"--batch: {e}") from None
     opts = BuildOptions(
         onnx=args.onnx, profiles=profiles, output=args.output, workspace_mib=args.workspace,
         opt_level=args.opt_level, version_compatible=args.version_compatible,
-        hardware_compat=args.hardware_compat, device=args.device, verbose=args.verbose,
+        hardware_compat=args.hardware_compat, device=args.gpu, verbose=args.verbose,
         keep_extra_outputs=args.keep_extra_outputs,
     )  # fmt: skip
     if not args.no_timing_cache:
         opts.timing_cache = args.timing_cache or opts.plan_path.parent / "timing.cache"
 
-    from .runtime.tensorrt.builder import build_plan
+    from ..tensorrt.builder import build_plan
 
-    try:
-        opts.validate()
-        if args.dry_run:
-            info = read_onnx_info(opts.onnx)
-            print(
-                f"{info.path}: {info.config.name} {info.precision}, input {info.input_name} "
-                f"[N,{','.join(map(str, info.input_shape))}], outputs {info.output_names}\n"
-                f"would build {opts.plan_path} (+ {opts.plan_path.name}.json) with batch profiles "
-                f"{', '.join(map(str, profiles))}, timing cache {opts.timing_cache or 'none'}"
-            )
-            return 0
-        mode = args.progress
-        if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "lines"
-        with contextlib.ExitStack() as stack:
-            reporter = None
-            if mode == "bar":
-                reporter = stack.enter_context(RichReporter())
-            elif mode == "lines":
-                reporter = LineReporter(_log, verbose=args.verbose)
-            result = build_plan(opts, reporter=reporter, log=_log)
-    except TensorRTUnavailable as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 2
-    except (BuildError, BackendError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    opts.validate()
+    if args.dry_run:
+        info = read_onnx_info(opts.onnx)
+        print(
+            f"{info.path}: {info.config.name} {info.precision}, input {info.input_name} "
+            f"[N,{','.join(map(str, info.input_shape))}], outputs {info.output_names}\n"
+            f"would build {opts.plan_path} (+ {opts.plan_path.name}.json) with batch profiles "
+            f"{', '.join(map(str, profiles))}, timing cache {opts.timing_cache or 'none'}"
+        )
+        return 0
+    mode = args.progress
+    if mode == "auto":
+        mode = "bar" if sys.stderr.isatty() else "lines"
+    with contextlib.ExitStack() as stack:
+        reporter = None
+        if mode == "bar":
+            reporter = stack.enter_context(RichReporter())
+        elif mode == "lines":
+            reporter = LineReporter(_log, verbose=args.verbose)
+        result = build_plan(opts, reporter=reporter, log=_log)
     m = result.manifest
     print(
         f"built {result.plan} ({result.plan_bytes / 2**20:.1f} MiB) in {result.seconds:.1f} s: "

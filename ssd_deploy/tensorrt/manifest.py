@@ -10,16 +10,15 @@ deserialised, so a mismatch is a one-line error with the fix instead of a Tensor
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...fileio import atomic_write
-from ..backend import BackendError
-from ._import import version_tuple
+from ..fileio import atomic_write
+from ..runtime.backend import BackendError
+from .loader import version_tuple
 
 MANIFEST_SCHEMA = 1
 #: Environment variable that disables the compatibility checks (the config is still read).
@@ -36,14 +35,6 @@ def manifest_path(plan: str | os.PathLike[str]) -> Path:
     """``engines/ssd300.plan`` -> ``engines/ssd300.plan.json``."""
     p = Path(plan)
     return p.with_name(p.name + ".json")
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -103,7 +94,7 @@ class PlanManifest:
 
     @property
     def rebuild_hint(self) -> str:
-        return f"rebuild with python -m ssd_deploy.build --onnx {self.onnx_path} on this machine"
+        return f"rebuild with ssd-build --onnx {self.onnx_path} on this machine"
 
 
 def write_manifest(manifest: PlanManifest, path: str | os.PathLike[str]) -> Path:
@@ -117,7 +108,7 @@ def read_manifest(plan: str | os.PathLike[str]) -> PlanManifest:
     if not mpath.is_file():
         raise ManifestError(
             f"{plan}: no manifest {mpath.name} beside it, so its TensorRT version and GPU cannot be "
-            f"checked; build plans with python -m ssd_deploy.build, or set {SKIP_CHECK_ENV}=1 "
+            f"checked; build plans with ssd-build, or set {SKIP_CHECK_ENV}=1 "
             "(and pass the SSD config) to load it unchecked"
         )
     try:

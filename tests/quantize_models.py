@@ -15,7 +15,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..config import METADATA_KEY, PRECISION_KEY, RECIPE_KEY, WEIGHTS_KEY, preset
+from ssd_deploy.config import preset
+from ssd_deploy.contract import CONFIG_KEY as METADATA_KEY
+from ssd_deploy.contract import PRECISION_KEY, RECIPE_KEY, WEIGHTS_KEY
 
 NUM_CLASSES = 3
 ANCHORS = (4, 6)
@@ -191,8 +193,9 @@ def l2norm_in_real_precision(converted: onnx.ModelProto, l2_input: np.ndarray) -
     the conversion inserted and every node in the precision the conversion chose. Returns the sum of
     squares, the output and the whole environment.
     """
-    from .graph import GraphIndex, find_l2norm, subgraph_nodes
-    from .numpy_eval import run_nodes
+    from float16_eval import run_nodes
+
+    from ssd_deploy.quantize.graph import GraphIndex, find_l2norm, subgraph_nodes
 
     idx = GraphIndex(converted)
     (match,) = find_l2norm(idx)

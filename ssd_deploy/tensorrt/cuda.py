@@ -16,9 +16,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..backend import BackendError
-from . import _import
-from ._import import TensorRTUnavailable
+from ..runtime.backend import BackendError
+from . import loader
+from .loader import TensorRTUnavailable
 
 
 class CudaError(BackendError):
@@ -228,7 +228,7 @@ class Cuda:
     """Entry point: ``Cuda()`` loads cuda-python; ``Cuda(module)`` wraps a given bindings module."""
 
     def __init__(self, rt: ModuleType | None = None) -> None:
-        self.rt = rt if rt is not None else _import.load_cudart()
+        self.rt = rt if rt is not None else loader.load_cudart()
 
     def call(self, what: str, result: Any) -> Any:
         return check(self.rt, result, what)

@@ -1,7 +1,7 @@
 """Lazy imports of TensorRT and the CUDA runtime bindings, each failing with one line.
 
 Nothing here constructs a TensorRT object: importing the Python module is safe on a machine
-without a GPU, creating a ``Builder`` or ``Runtime`` there is not (SPEC section 7). Every caller
+without a GPU, creating a ``Builder`` or ``Runtime`` there is not (docs/tensorrt.md). Every caller
 goes through these functions (looked up on the module at call time) so tests can swap in fakes.
 """
 
@@ -11,7 +11,8 @@ import importlib
 import sys
 from types import ModuleType
 
-from ..backend import BackendError
+from ..errors import one_line
+from ..runtime.backend import BackendError
 
 #: What to install, for messages.
 INSTALL_HINT = "pip install 'ssd_deploy[tensorrt]' on a machine with an NVIDIA GPU"
@@ -20,11 +21,6 @@ INSTALL_HINT = "pip install 'ssd_deploy[tensorrt]' on a machine with an NVIDIA G
 class TensorRTUnavailable(BackendError):
     """TensorRT, the CUDA bindings or a GPU is missing; the message is one line."""
 
-
-def one_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type name if it has none)."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def load_tensorrt() -> ModuleType:

@@ -1,7 +1,7 @@
 """Evaluate a few ONNX nodes with numpy in the element types the graph declares.
 
 ONNX Runtime's CPU provider runs many FP16 ops by casting to FP32 and back, which hides exactly the
-overflow an FP16 engine would hit (SPEC section 6). Here a ``float16`` tensor stays ``float16``
+overflow an FP16 engine would hit (docs/precision.md). Here a ``float16`` tensor stays ``float16``
 through every op — numpy rounds each result to half precision, and a value above 65504 becomes
 ``inf`` — so a subgraph such as the L2Norm can be checked as a GPU would compute it.
 

@@ -165,7 +165,7 @@ class TritonPythonModel:
                 scaled = d.scaled(float(w), float(h))
                 boxes[i, :m] = scaled.boxes
                 scores[i, :m] = scaled.scores
-                classes[i, :m] = scaled.labels
+                classes[i, :m] = scaled.class_ids
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor("boxes", boxes), pb_utils.Tensor("scores", scores),
             pb_utils.Tensor("class_ids", classes), pb_utils.Tensor("num_detections", counts),

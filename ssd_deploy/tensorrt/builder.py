@@ -11,7 +11,6 @@ test in ``tests/trt_api`` and checked against the real 11.4 bindings.
 
 from __future__ import annotations
 
-from ...errors import SSDDeployError
 import datetime as _dt
 import hashlib
 import json
@@ -24,22 +23,19 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, NamedTuple, Protocol
 
-from ...config import PRECISION_KEY, RECIPE_KEY, ConfigError, SSDConfig
-from . import _import
+from ..config import PRECISION_KEY, RECIPE_KEY, ConfigError, SSDConfig
+from ..contract import INPUT, sha256_file
+from ..contract import REQUIRED_OUTPUTS as CONTRACT_OUTPUTS
+from ..errors import SSDDeployError, one_line
+from ..fileio import atomic_write
+from . import loader
 from .cuda import Cuda
-from .manifest import (
-    HARDWARE_COMPAT,
-    PlanManifest,
-    atomic_write,
-    manifest_path,
-    sha256_file,
-    write_manifest,
-)
+from .manifest import HARDWARE_COMPAT, PlanManifest, manifest_path, write_manifest
 from .trtlog import make_logger
 
 PRECISIONS = ("fp32", "fp16", "int8")
-INPUT_NAME = "images"
-REQUIRED_OUTPUTS = ("loc", "conf")
+INPUT_NAME = INPUT
+REQUIRED_OUTPUTS = CONTRACT_OUTPUTS
 #: TensorRT's highest builder optimization level (11.x documents 0..5, default 3).
 MAX_OPT_LEVEL = 5
 
@@ -121,7 +117,7 @@ def read_onnx_info(path: str | os.PathLike[str]) -> OnnxInfo:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as e:
         raise BuildError(
-            f"{p}: not a readable ONNX model ({type(e).__name__}: {_import.one_line(e)})"
+            f"{p}: not a readable ONNX model ({type(e).__name__}: {one_line(e)})"
         ) from None
     meta = {prop.key: prop.value for prop in model.metadata_props}
     try:
@@ -164,6 +160,12 @@ def read_onnx_info(path: str | os.PathLike[str]) -> OnnxInfo:
             recipe = json.loads(recipe)
         except json.JSONDecodeError:
             pass  # keep the text: a recipe is documentation, not input
+    if isinstance(recipe, dict) and recipe.get("target") not in (None, "tensorrt"):
+        # The UINT8-activation CPU flavour has asymmetric Q/DQ, which TensorRT rejects mid-build.
+        raise BuildError(
+            f"{p}: this INT8 graph was made for {recipe.get('target')!r}, not TensorRT; "
+            "make one with ssd-quantize --precision int8 --target tensorrt"
+        )
     return OnnxInfo(
         path=p, sha256=sha256_file(p), config=config, precision=precision, recipe=recipe,
         input_name=inp.name, input_shape=chw,  # type: ignore[arg-type]
@@ -286,7 +288,7 @@ def make_progress_monitor(trt: ModuleType, reporter: BuildReporter) -> Any:
 
 @dataclass
 class BuildOptions:
-    """Inputs of :func:`build_plan` (the CLI flags of ``python -m ssd_deploy.build``)."""
+    """Inputs of :func:`build_plan` (the CLI flags of ``ssd-build``)."""
 
     onnx: Path
     profiles: list[BatchProfile] = field(default_factory=lambda: [BatchProfile(1, 8, 32)])
@@ -374,7 +376,7 @@ def _attach_timing_cache(builder_config: Any, path: Path | None, log: Callable[[
             timing_cache = builder_config.create_timing_cache(data)
         except Exception as e:  # TensorRT raises on a corrupt cache
             log(
-                f"timing cache {path} is not a TensorRT timing cache ({_import.one_line(e)}); starting a new one"
+                f"timing cache {path} is not a TensorRT timing cache ({one_line(e)}); starting a new one"
             )
             timing_cache = None
         if timing_cache is not None:
@@ -397,7 +399,7 @@ def build_plan(
     """Parse the ONNX file, build a plan with TensorRT, write ``<plan>`` and ``<plan>.json``.
 
     Raises :class:`BuildError` (bad input, parse or build failure) or
-    :class:`~ssd_deploy.runtime.tensorrt._import.TensorRTUnavailable` (no TensorRT, CUDA or
+    :class:`~ssd_deploy.tensorrt.loader.TensorRTUnavailable` (no TensorRT, CUDA or
     GPU; checked before any TensorRT object exists).
     """
     opts.validate()
@@ -410,7 +412,7 @@ def build_plan(
                 f"do not fit; use --batch {info.static_batch} or re-export with a dynamic batch"
             )
 
-    trt = _import.load_tensorrt()
+    trt = loader.load_tensorrt()
     cuda = cuda if cuda is not None else Cuda()
     device = cuda.device_info(opts.device)
     cuda.set_device(opts.device)
@@ -420,7 +422,7 @@ def build_plan(
             f"(compute capability {device.compute_capability})"
         )
     trt_version = str(trt.__version__)
-    trt_major = (_import.version_tuple(trt_version) or (0,))[0]
+    trt_major = (loader.version_tuple(trt_version) or (0,))[0]
 
     logger = make_logger(trt, echo=log, verbose=opts.verbose)
     builder = trt.Builder(logger)
@@ -549,6 +551,6 @@ def build_plan(
 
 
 def _tool_version() -> str:
-    from ... import __version__
+    from .. import __version__
 
     return f"ssd_deploy {__version__}"
