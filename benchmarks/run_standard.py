@@ -9,7 +9,7 @@ the ONNX file was exported from (seeded weights unless it names a checkpoint), p
 Runtime flavour), making them with ``python -m ssd_deploy.quantize --calib-samples`` when missing
 (a demo calibration: fine for timing, not for accuracy; ``--no-int8`` skips them), and runs
 ``ssd-bench`` with all of them interleaved, PyTorch eager as the baseline. Results land in
-``benchmarks/results/<name>.{json,csv,md}``.
+``out/bench/<name>.{json,csv,md}``; ``--out benchmarks/results`` records them over the committed ones.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default="standard_cpu", help="results file stem (default standard_cpu)")
-    ap.add_argument("--out", default="benchmarks/results", help="results folder (default benchmarks/results)")
+    ap.add_argument("--out", default="out/bench",
+                    help="results folder (default out/bench; pass benchmarks/results to record a run)")
     ap.add_argument(
         "--no-torch", action="store_true", help="leave PyTorch eager out (baseline becomes FP32 ONNX)"
     )
