@@ -44,18 +44,6 @@ from ..benchmark.runner import (
 from . import common
 
 
-def _batches(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers like 1,8,32, got {text!r}"
-        ) from None
-    if not vals or any(v < 1 for v in vals):
-        raise argparse.ArgumentTypeError(f"batch sizes must be integers >= 1, got {text!r}")
-    return vals
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = common.parser(
         "ssd-bench",
@@ -73,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch",
         "-b",
-        type=_batches,
+        type=common.int_list(1, "1,8,32"),
         default=(1,),
         metavar="N[,N...]",
         help="batch sizes, e.g. 1,8,32 (default 1)",

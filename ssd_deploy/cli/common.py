@@ -125,6 +125,23 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def int_list(minimum: int, example: str) -> Callable[[str], tuple[int, ...]]:
+    """An argparse type for comma-separated integers, each at least ``minimum`` (e.g. ``1,8,32``)."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            values = ()
+        if not values or any(v < minimum for v in values):
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated integers >= {minimum} like {example}, got {text!r}"
+            )
+        return values
+
+    return parse
+
+
 def existing_file(text: str) -> Path:
     p = Path(text)
     if not p.is_file():

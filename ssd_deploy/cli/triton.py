@@ -14,16 +14,6 @@ from ..triton.repository import generate
 from . import common
 
 
-def _gpu_list(text: str) -> list[int]:
-    try:
-        gpus = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--gpus takes GPU indices like 0,1; got {text!r}") from None
-    if not gpus or any(g < 0 for g in gpus):
-        raise argparse.ArgumentTypeError(f"--gpus takes GPU indices like 0,1; got {text!r}")
-    return gpus
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = common.parser(
         "ssd-triton",
@@ -44,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--instances", type=common.positive_int, default=1, help="engine instances per GPU (default 1)")
     p.add_argument(
-        "--gpus", type=_gpu_list, default=None, help="GPUs for the engine, e.g. 0,1 (default: all)"
+        "--gpus", type=common.int_list(0, "0,1"), default=None, help="GPUs for the engine, e.g. 0,1 (default: all)"
     )
     p.add_argument(
         "--kind",
