@@ -12,6 +12,7 @@ from .ssd import (
     init_weights,
     warn_untrained,
 )
+from .checkpoint import TORCHVISION_DETECT, config_for_checkpoint
 from .weights import (
     LoadReport,
     WeightsError,
@@ -37,4 +38,6 @@ __all__ = [
     "load_state_dict",
     "load_weights",
     "model_from_checkpoint",
+    "config_for_checkpoint",
+    "TORCHVISION_DETECT",
 ]

@@ -113,6 +113,19 @@ def synthetic_heads(seed: int = SEED + 2, batch: int = 2) -> tuple[np.ndarray, n
     hot = rng.random((batch, p)) < 0.05
     cls = (rng.random((batch, p)) * (NUM_CLASSES - 1)).astype(np.int64) + 1
     logits[hot, cls[hot]] += 4.0 + rng.random(int(hot.sum())) * 6.0
+    # Two confident clusters on the 38x38 source's smallest anchors (w = h = 0.07), where the
+    # torchvision-only rules change the result:
+    # - right column pushed off the image: clipped to zero-area boxes at x = 1, whose IoU with
+    #   each other is 0/0; torchvision's nms keeps them all, ssd.pytorch's rule keeps one;
+    # - left column pushed far left with huge dw: the clamped width ends inside the image (a box
+    #   [0, ~0.1] after clipping), the unclamped one would cover the whole width.
+    right = (np.arange(10) * 38 + 37) * 4
+    left = (np.arange(20, 26) * 38) * 4
+    loc[:, right, 0] = 30.0
+    loc[:, left, 0] = -300.0
+    loc[:, left, 2] = 30.0
+    logits[:, right, 5] += 14.0
+    logits[:, left, 7] += 14.0
     return loc.astype(np.float32), logits.astype(np.float32)
 
 
