@@ -26,7 +26,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--conf-thresh", type=float, default=None, help="Detect confidence threshold (model default)")
     p.add_argument("--nms-thresh", type=float, default=None, help="NMS IoU threshold (model default)")
     p.add_argument("--top-k", type=int, default=None, help="NMS candidates per class (model default)")
-    p.add_argument("--keep-top-k", type=int, default=None, help="cap detections per image (default: no cap)")
+    p.add_argument("--keep-top-k", type=int, default=None,
+                   help="cap detections per image (default: the artifact's own setting)")
     p.add_argument("--device", default=None, help="ONNX Runtime device: auto (default: CUDA when onnxruntime-gpu has it, else CPU), cpu, cuda, tensorrt")
     return p.parse_args(argv)
 
@@ -67,8 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for f in files:
             rgb = load_image(f)
             t0 = time.perf_counter()
+            # keep_top_k only when given: otherwise the artifact's own cap applies (None = no cap).
+            cap = {} if args.keep_top_k is None else {"keep_top_k": args.keep_top_k}
             res = det.detect(rgb, conf_thresh=args.conf_thresh, nms_thresh=args.nms_thresh,
-                             top_k=args.top_k, keep_top_k=args.keep_top_k)
+                             top_k=args.top_k, **cap)
             ms = (time.perf_counter() - t0) * 1e3
             shown = res.above(args.min_score)
             top = f"{shown.class_names[0]} {shown.scores[0]:.2f}" if len(shown) else "-"

@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="where to write the .npz of torchvision's outputs")
     p.add_argument("--save-pth", default=None, help="also save the state dict here (torch.save)")
+    p.add_argument("--images", default=None,
+                   help="comma-separated indices of the images to run (default: all); the rest are skipped")
+    p.add_argument("--no-synthetic", action="store_true", help="skip the post-process-only comparison")
     args = p.parse_args(argv)
 
     import torch
@@ -52,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         "num_images": np.array(len(imgs)),
     }
     with torch.inference_mode():
+        chosen = set(range(len(imgs))) if args.images is None else {int(v) for v in args.images.split(",")}
         for i, img in enumerate(imgs):
+            if i not in chosen:
+                continue
             x = torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
             det = model([x])[0]
             out[f"boxes_{i}"] = det["boxes"].numpy().astype(np.float32)
@@ -62,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"best {float(det['scores'].max()) if len(det['scores']) else 0:.3f}, "
                   f">=0.5: {int((det['scores'] >= 0.5).sum())}")
 
+        if args.no_synthetic:
+            np.savez_compressed(args.out, **out)
+            print(f"wrote {args.out}")
+            return 0
         # The post-process alone, on synthetic heads, at the 300 x 300 network input.
         loc, logits = tv_weights.synthetic_heads()
         out["heads_digest"] = np.array(tv_weights.digest([loc, logits]))
