@@ -250,7 +250,8 @@ def test_torchvision_config(torchvision_file):
     path, _, _ = torchvision_file
     _, cfg = model_from_checkpoint(path, phase="test")
     assert cfg.num_classes == 91 and cfg.prior == dataclasses.replace(COCO300, clip="wh") and cfg.channel_order == "RGB"
-    assert cfg.mean == (123.0, 117.0, 104.0)
+    # torchvision's mean (0.48235, 0.45882, 0.40784) x 255, not ssd.pytorch's rounded one.
+    assert cfg.mean == (122.99925, 116.9991, 103.9992)
     names = cfg.class_names
     assert len(names) == 91 and names[0] == "background"
     # COCO category ids: 1 person, 12 unused, 13 stop sign, 44 bottle, 90 toothbrush
@@ -259,6 +260,7 @@ def test_torchvision_config(torchvision_file):
     )
     assert names.count("N/A") == 10
     assert (cfg.detect.top_k, cfg.detect.keep_top_k) == (400, 200)
+    assert cfg.detect.clip_boxes and cfg.detect.wh_clamp is not None and not cfg.detect.nms_nan_suppresses
     _, cfg_over = model_from_checkpoint(path, channel_order="BGR")
     assert cfg_over.channel_order == "BGR" and cfg_over.mean == (104.0, 117.0, 123.0)
 
