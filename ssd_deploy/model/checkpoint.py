@@ -42,9 +42,9 @@ __all__ = [
     "TORCHVISION_MEAN",
     "TORCHVISION_WH_CLAMP",
     "CheckpointConfig",
+    "check_torchvision_heads",
     "config_for_checkpoint",
     "config_for_state_dict",
-    "check_torchvision_heads",
     "describe_detect",
 ]
 

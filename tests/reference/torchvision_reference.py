@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tv_weights  # noqa: E402
+import tv_weights
 
 
 def main(argv: list[str] | None = None) -> int:
