@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import needs_torch
+
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                 reason="PyTorch not installed (export extra)")  # fmt: skip
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "tests" / "data" / "torchvision_ssd300_reference.npz"
