@@ -321,3 +321,17 @@ def test_live_torchvision(tmp_path, tv_onnx):
         for i in chosen:
             r = det.detect(imgs[i])
             _expect_equal(live, str(i), (r.boxes, r.scores, r.class_ids))
+
+
+@needs_torch
+def test_ssd_pytorch_checkpoints_keep_ssd_pytorch_semantics(ssd300_model):
+    from ssd_deploy.config import DetectParams
+    from ssd_deploy.model.checkpoint import config_for_checkpoint, describe_detect
+
+    cfg = config_for_checkpoint(ssd300_model.state_dict())
+    assert cfg.detect == DetectParams()  # no clipping, no clamp, no per-image cap, NaN IoU drops
+    assert cfg.prior.name == "voc300" and cfg.prior.clip == "all" and cfg.mean == (123.0, 117.0, 104.0)
+    assert describe_detect(cfg.detect).endswith("(ssd.pytorch semantics)")
+    # Explicit overrides win over the format's defaults.
+    tv_like = config_for_checkpoint(ssd300_model.state_dict(), detect=DetectParams(keep_top_k=100))
+    assert tv_like.detect.keep_top_k == 100
