@@ -244,8 +244,27 @@ def test_ssd_check_passes_on_its_own_export(tv_onnx, tv_pth, tmp_path):
     report = tmp_path / "check.json"
     assert main(["--engine", str(tv_onnx), "--weights", str(tv_pth), "--images", str(folder),
                  "--json", str(report), "--min-score", "0.05"]) == 0  # fmt: skip
-    d = json.loads(report.read_text())["detections"]
+    full = json.loads(report.read_text())
+    d = full["detections"]
     assert d["reference"] == d["artifact"] > 0 and d["missing"] == d["extra"] == 0
+    assert full["notes"] == []  # the artifact carries what the checkpoint's format implies
+
+
+@needs_torch
+def test_ssd_check_notes_an_artifact_without_the_formats_semantics():
+    import torch
+
+    from ssd_deploy.check import _semantics_notes
+    from ssd_deploy.config import DetectParams
+    from ssd_deploy.model.checkpoint import config_for_checkpoint
+
+    sd = {k: torch.from_numpy(v) for k, v in tv_weights.state_dict().items()}
+    tv = config_for_checkpoint(sd)
+    assert _semantics_notes(tv, tv) == [] and _semantics_notes(tv, None) == []
+    # What an export made before torchvision's rules were applied looked like.
+    old = tv.replace(detect=DetectParams(), mean=(123.0, 117.0, 104.0))
+    (note,) = _semantics_notes(old, tv)
+    assert "Detect, mean differ" in note and "re-export" in note
 
 
 # -- bad torchvision files --------------------------------------------------------------------------
