@@ -243,6 +243,10 @@ def test_torchvision_mapping_moves_every_tensor(torchvision_file):
         assert torch.equal(msd[ours], sd[tv]), (tv, ours)
     rep = model.load_report
     assert rep.format == "torchvision" and rep.channel_order == "RGB" and rep.loaded == 71
+    from ssd_deploy.model.weights import _torchvision_name
+
+    # Errors about a torchvision file use its own names: the inverse mapping round-trips.
+    assert all(_torchvision_name(ours) == tv for tv, ours, _ in pairs)
     assert any("RGB" in n for n in rep.notes) and any("clip" in n for n in rep.notes)
 
 
@@ -273,8 +277,14 @@ def test_torchvision_unconsumed_key_is_an_error(tmp_path, torchvision_file):
     torch.save(extra, path)
     with pytest.raises(WeightsError, match=r"1 unexpected \(backbone\.features\.24\.weight\)"):
         model_from_checkpoint(path)
+    bad = dict(sd)
+    bad["backbone.extra.2.2.weight"] = torch.zeros(256, 128, 1, 1)
+    path_bad = tmp_path / "tv_bad_shape.pth"
+    torch.save(bad, path_bad)
+    with pytest.raises(WeightsError, match=r"backbone\.extra\.2\.2\.weight has shape \(256, 128, 1, 1\)"):
+        model_from_checkpoint(path_bad)
     missing = {k: v for k, v in sd.items() if k != "backbone.scale_weight"}
-    with pytest.raises(WeightsError, match=r"1 missing \(L2Norm\.weight\)"):
+    with pytest.raises(WeightsError, match=r"1 missing \(backbone\.scale_weight\)"):
         load_weights(_quiet(build_ssd, "train", 300, 91, dataset="coco"), missing)
 
 

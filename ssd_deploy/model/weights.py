@@ -214,6 +214,25 @@ _TV_RULES: tuple[tuple[re.Pattern[str], Any], ...] = (
 )  # fmt: skip
 
 
+def _torchvision_name(key: str) -> str:
+    """The torchvision name of an ssd.pytorch key (the inverse of :data:`_TV_RULES`), so that errors
+    about a torchvision file name its own tensors; ``key`` itself when it has none."""
+    m = re.match(r"^(vgg|extras|loc|conf)\.(\d+)\.(weight|bias)$", key)
+    if key == "L2Norm.weight":
+        return "backbone.scale_weight"
+    if not m:
+        return key
+    kind, i, part = m[1], int(m[2]), m[3]
+    if kind == "vgg":
+        if i <= 22:
+            return f"backbone.features.{i}.{part}"
+        return f"backbone.extra.0.{i - 23}.{part}" if i < 30 else f"backbone.extra.0.7.{i - 30}.{part}"
+    if kind == "extras":
+        return f"backbone.extra.{i // 2 + 1}.{2 * (i % 2)}.{part}"
+    head = "regression_head" if kind == "loc" else "classification_head"
+    return f"head.{head}.module_list.{i}.{part}"
+
+
 def _torchvision_key(key: str) -> str | None:
     for pattern, target in _TV_RULES:
         m = pattern.match(key)
@@ -307,7 +326,8 @@ def _apply(model: SSD, raw: Mapping[str, Tensor], name: str, strict: bool) -> Lo
         if key in target and tuple(value.shape) != tuple(target[key].shape):
             got, want = tuple(value.shape), tuple(target[key].shape)
             raise WeightsError(
-                f"{name}: {key} has shape {got}, model expects {want}{_shape_hint(key, got, want, model)}"
+                f"{name}: {_torchvision_name(key) if fmt == FORMAT_TORCHVISION else key} has shape {got}, "
+                f"model expects {want}{_shape_hint(key, got, want, model)}"
             )
     unexpected = [k for k in sd if k not in target]
     missing = [k for k in target if k not in sd]
@@ -331,7 +351,9 @@ def _apply(model: SSD, raw: Mapping[str, Tensor], name: str, strict: bool) -> Lo
     if strict and (report.missing or report.unexpected):
         parts = []
         if report.missing:
-            parts.append(f"{len(report.missing)} missing ({_summarise(report.missing)})")
+            # A torchvision file's missing tensors under the names that file uses.
+            shown = [_torchvision_name(k) for k in report.missing] if fmt == FORMAT_TORCHVISION else report.missing
+            parts.append(f"{len(report.missing)} missing ({_summarise(shown)})")
         if report.unexpected:
             parts.append(f"{len(report.unexpected)} unexpected ({_summarise(report.unexpected)})")
         raise WeightsError(f"{name}: {fmt} weights do not fit the model: {'; '.join(parts)}")
