@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean tv-reference
 
 setup: $(STAMP)
 
@@ -22,6 +22,20 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# torchvision's own ssd300_vgg16 outputs for tests/test_torchvision_parity.py. torchvision does not
+# import next to the pinned CPU torch, so it lives in a venv of its own, built once and cached
+# (~5.5 GB: the torch 2.14.1 wheel brings CUDA libraries). Regenerates the small reference .npz.
+TVREF ?= $(HOME)/.cache/ssd_deploy/tvref
+TVREF_STAMP := $(TVREF)/.installed
+
+$(TVREF_STAMP):
+	$(PYTHON) -m venv $(TVREF)
+	$(TVREF)/bin/python -m pip install -q 'torch==2.14.1' 'torchvision==0.29.1' numpy
+	touch $(TVREF_STAMP)
+
+tv-reference: $(TVREF_STAMP)
+	$(TVREF)/bin/python tests/reference/torchvision_reference.py --out tests/data/torchvision_ssd300_reference.npz
 
 clean:
 	rm -rf $(VENV) out export/*.onnx engines/*.plan

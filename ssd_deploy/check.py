@@ -100,6 +100,9 @@ class CheckReport:
     thresholds: dict[str, float]
     failures: list[str]
     seconds: float
+    #: Things a user should know that do not fail the check (e.g. the artifact's semantics differ
+    #: from what the checkpoint's format implies).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -162,6 +165,22 @@ def _reference_detections(
             per_class.append((rows[:, 1:] * scale, rows[:, 0].astype(np.float64)))
         result.append(per_class)
     return result
+
+
+def _semantics_notes(artifact: Any, checkpoint: Any) -> list[str]:
+    """Where the artifact's config differs from what its checkpoint's format implies
+    (docs/checkpoints.md): the check compares like with like, so it still passes, but the artifact
+    will not reproduce the checkpoint's own library (e.g. exported before torchvision's rules)."""
+    if checkpoint is None:
+        return []
+    fields = (("Detect", "detect"), ("priors", "prior"), ("mean", "mean"), ("channel order", "channel_order"),
+              ("class names", "class_names"))  # fmt: skip
+    differ = [label for label, attr in fields if getattr(artifact, attr) != getattr(checkpoint, attr)]
+    if not differ:
+        return []
+    note = (f"the artifact's {', '.join(differ)} differ from what the checkpoint's format implies; "
+            "re-export it to get that format's semantics (docs/checkpoints.md)")
+    return [note]
 
 
 def check_artifact(
@@ -251,6 +270,7 @@ def check_artifact(
         artifact=str(engine), reference=ref.path, precision=det.backend.precision,
         images=[str(f) for f in files], min_score=min_score, input_size=det.config.size, heads=heads, detections=dets,
         thresholds=limits, failures=failures, seconds=time.perf_counter() - t0,
+        notes=_semantics_notes(det.config, getattr(ref, "checkpoint_config", None)),
     )  # fmt: skip
     det.close()
     ref.close()

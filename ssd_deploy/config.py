@@ -90,14 +90,25 @@ class PriorConfig:
 
 @dataclass(frozen=True)
 class DetectParams:
-    """Detect defaults (docs/ssd.md ("Detect")). ``keep_top_k=None`` keeps ssd.pytorch's uncapped output;
-    caffe SSD and torchvision cap at 200 detections per image."""
+    """Detect defaults (docs/checkpoints.md). ``keep_top_k=None`` keeps ssd.pytorch's uncapped output;
+    caffe SSD and torchvision cap at 200 detections per image.
+
+    The last three fields exist for torchvision's post-process and default to ssd.pytorch's
+    behaviour, so artifacts written before they existed read unchanged: ``clip_boxes`` clips
+    decoded boxes to the image before NMS; ``wh_clamp`` caps the scaled log-size offset
+    ``loc_wh * variance[1]`` before ``exp`` (torchvision: log(1000/16)); ``nms_nan_suppresses``
+    says whether a candidate whose IoU with a kept box is NaN (two empty boxes, 0/0) is dropped
+    (ssd.pytorch's ``IoU.le(overlap)`` filter drops it, torchvision's ``nms`` keeps it).
+    """
 
     conf_thresh: float = 0.01
     nms_thresh: float = 0.45
     top_k: int = 200
     keep_top_k: int | None = None
     background_label: int = 0
+    clip_boxes: bool = False
+    wh_clamp: float | None = None
+    nms_nan_suppresses: bool = True
 
     def replace(self, **changes: Any) -> "DetectParams":
         """A copy with ``changes`` applied; ``None`` values mean 'keep the current value'
@@ -124,6 +135,8 @@ class DetectParams:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
         if self.keep_top_k is not None and self.keep_top_k < 1:
             raise ConfigError(f"keep_top_k must be >= 1 or None, got {self.keep_top_k}")
+        if self.wh_clamp is not None and not (math.isfinite(self.wh_clamp) and self.wh_clamp > 0):
+            raise ConfigError(f"wh_clamp must be a finite number > 0 or None, got {self.wh_clamp}")
 
 
 VOC300 = PriorConfig(
@@ -224,7 +237,10 @@ class SSDConfig:
                 aspect_ratios=tuple(tuple(int(a) for a in ar) for ar in p["aspect_ratios"]),
                 clip=p.get("clip", "all"),
             )  # fmt: skip
-            det = DetectParams(**d.get("detect", {}))
+            det_d = dict(d.get("detect", {}))
+            if det_d.get("wh_clamp") is not None:
+                det_d["wh_clamp"] = float(det_d["wh_clamp"])
+            det = DetectParams(**det_d)
             return cls(
                 size=int(d["size"]), num_classes=int(d["num_classes"]),
                 class_names=tuple(str(c) for c in d["class_names"]), prior=prior,

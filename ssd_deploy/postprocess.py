@@ -2,7 +2,9 @@
 
 For each image and each foreground class: keep priors whose score is > ``conf_thresh``, take the
 ``top_k`` highest as candidates, run greedy NMS (IoU > ``nms_thresh`` suppresses), then optionally
-cap each image at ``keep_top_k`` detections by score across classes.
+cap each image at ``keep_top_k`` detections by score across classes. torchvision's variant
+(``DetectParams.clip_boxes``, ``wh_clamp``, ``nms_nan_suppresses``; docs/checkpoints.md) clamps
+the log-size offsets before ``exp`` and clips the boxes to the image before NMS.
 
 Everything is whole-array work; the only Python loops run over a handful of whole-array steps.
 Candidates come from one ``flatnonzero`` over a class-major score mask, after classes with more
@@ -177,7 +179,9 @@ def _candidates(
     return group, prior, score, rank
 
 
-def _bucket_nms(rank: np.ndarray, boxes: np.ndarray, iou_threshold: float) -> np.ndarray:
+def _bucket_nms(
+    rank: np.ndarray, boxes: np.ndarray, iou_threshold: float, nan_suppresses: bool = True
+) -> np.ndarray:
     """Greedy NMS for every group at once. Elements come sorted by group, then descending score;
     ``rank`` is each one's position within its group."""
     n = rank.shape[0]
@@ -193,7 +197,9 @@ def _bucket_nms(rank: np.ndarray, boxes: np.ndarray, iou_threshold: float) -> np
     valid[gi, rank] = True
     keep = np.zeros_like(valid)
     for rows, width in _buckets(sizes):
-        keep[rows, :width] = nms_keep_planes(planes[:, rows, :width], valid[rows, :width], iou_threshold)
+        keep[rows, :width] = nms_keep_planes(
+            planes[:, rows, :width], valid[rows, :width], iou_threshold, nan_suppresses
+        )
     return keep[gi, rank]
 
 
@@ -239,8 +245,13 @@ def _detect_core(
         np.take(loc.reshape(-1, 4), img * conf.shape[1] + prior, axis=0),
         np.take(priors, prior, axis=0),
         variances,
+        params.wh_clamp,
     )
-    keep = _bucket_nms(rank, boxes, params.nms_thresh)
+    if params.clip_boxes:
+        # torchvision clips every decoded box to the image before NMS; clipping is per box, so
+        # doing it only for the candidates (after the score cut) gives the same result.
+        np.clip(boxes, np.float32(0), np.float32(1), out=boxes)
+    keep = _bucket_nms(rank, boxes, params.nms_thresh, params.nms_nan_suppresses)
     idx = np.flatnonzero(keep)
     img, label, score, boxes = img[idx], group[idx] - img[idx] * c, score[idx], boxes[idx]
     cap = params.keep_top_k

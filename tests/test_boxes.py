@@ -213,3 +213,28 @@ def test_nms_keep_many_sets_in_chunks() -> None:
     got = nms_keep(boxes, valid, 0.5)
     for g in (0, 33, 64, 69):
         np.testing.assert_array_equal(got[g], greedy_reference(boxes[g], valid[g], 0.5))
+
+
+def test_nan_iou_rule_of_both_libraries():
+    from ssd_deploy.ops.boxes import nms_keep
+
+    # Two empty boxes (clipped onto the image border): IoU 0/0 = NaN. ssd.pytorch drops the second
+    # (its filter keeps only IoU <= t), torchvision's nms keeps it (it drops only IoU > t).
+    boxes = np.array([[1.0, 0.2, 1.0, 0.3], [1.0, 0.5, 1.0, 0.6], [0.1, 0.1, 0.4, 0.4]], np.float32)
+    valid = np.ones(3, bool)
+    assert nms_keep(boxes, valid, 0.45).tolist() == [True, False, True]
+    assert nms_keep(boxes, valid, 0.45, nan_suppresses=False).tolist() == [True, True, True]
+
+
+def test_decode_wh_clamp():
+    from ssd_deploy.ops.boxes import decode
+
+    priors = np.array([[0.5, 0.5, 0.1, 0.2]], np.float32)
+    loc = np.array([[0.0, 0.0, 30.0, -30.0]], np.float32)
+    clamp = float(np.log(1000 / 16))
+    box = decode(loc, priors, (0.1, 0.2), wh_clamp=clamp)[0]
+    # w: 30 * 0.2 = 6 > clamp -> 0.1 * 62.5; h: -6 is below the cap, untouched.
+    assert box[2] - box[0] == pytest.approx(0.1 * 62.5, rel=1e-6)
+    assert box[3] - box[1] == pytest.approx(0.2 * np.exp(-6.0), rel=1e-3)  # float32 corners near 0.5
+    unclamped = decode(loc, priors, (0.1, 0.2))[0]
+    assert unclamped[2] - unclamped[0] == pytest.approx(0.1 * np.exp(6.0), rel=1e-5)

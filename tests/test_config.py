@@ -78,3 +78,26 @@ def test_detect_params_replace():
     assert p.replace(keep_top_k=200).keep_top_k == 200
     with pytest.raises(ConfigError):
         p.replace(top_k=0)
+
+
+def test_detect_params_of_old_artifacts_and_torchvision():
+    import json
+    import math
+
+    from ssd_deploy.config import ConfigError, DetectParams, SSDConfig, preset
+
+    # A config written before clip_boxes/wh_clamp/nms_nan_suppresses existed reads as ssd.pytorch.
+    d = json.loads(preset("voc300").to_json())
+    for key in ("clip_boxes", "wh_clamp", "nms_nan_suppresses"):
+        del d["detect"][key]
+    old = SSDConfig.from_dict(d).detect
+    assert (old.clip_boxes, old.wh_clamp, old.nms_nan_suppresses) == (False, None, True)
+    tv = DetectParams(top_k=400, keep_top_k=200, clip_boxes=True, wh_clamp=math.log(1000 / 16),
+                      nms_nan_suppresses=False)
+    cfg = preset("coco300").replace(detect=tv)
+    assert SSDConfig.from_json(cfg.to_json()).detect == tv
+    # Per-call overrides keep the format's rules.
+    assert tv.replace(conf_thresh=0.3).clip_boxes and tv.replace(keep_top_k=None).wh_clamp == tv.wh_clamp
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match="wh_clamp"):
+            DetectParams(wh_clamp=bad).validate()

@@ -145,6 +145,10 @@ CASES = [
     (512, "peaky", 2, DetectParams(keep_top_k=200)),
     (512, "flat", 1, DetectParams()),
     (512, "mixed", 2, DetectParams(conf_thresh=0.2, nms_thresh=0.5, top_k=100)),
+    # torchvision's post-process; the clamp is set low so that the grid's offsets hit it.
+    (300, "mixed", 2, DetectParams(top_k=400, keep_top_k=200, clip_boxes=True, wh_clamp=0.25,
+                                   nms_nan_suppresses=False)),
+    (300, "peaky", 2, DetectParams(clip_boxes=True)),
 ]
 
 
@@ -376,3 +380,17 @@ def test_detect_both_equals_separate_calls():
         np.testing.assert_array_equal(a.scores, b.scores)
         np.testing.assert_array_equal(a.boxes, b.boxes)
         np.testing.assert_array_equal(a.class_ids, b.class_ids)
+
+
+def test_torchvision_options_change_the_result(priors300: np.ndarray, wh_grid: np.ndarray) -> None:
+    """clip_boxes and wh_clamp are not no-ops: boxes stay in [0, 1] and sizes shrink."""
+    rng = np.random.default_rng(12)
+    loc, conf = make_heads(rng, priors300, wh_grid, 5, 1, "peaky")
+    plain = detect(loc, conf, priors300, VAR, DetectParams())[0]
+    clipped = detect(loc, conf, priors300, VAR, DetectParams(clip_boxes=True))[0]
+    assert (plain.boxes.min() < 0 or plain.boxes.max() > 1) and clipped.boxes.min() >= 0 and clipped.boxes.max() <= 1
+    clamped = detect(loc, conf, priors300, VAR, DetectParams(wh_clamp=0.05))[0]
+    ours = detect_array(loc, conf, priors300, VAR, DetectParams(wh_clamp=0.05))
+    np.testing.assert_array_equal(ours[0, :, :, 0] > 0, reference(loc, conf, priors300, DetectParams(wh_clamp=0.05))[0, :, :, 0] > 0)
+    widths = clamped.boxes[:, 2] - clamped.boxes[:, 0]
+    assert widths.max() <= float(priors300[:, 2].max() * np.exp(0.05)) * (1 + 1e-6)

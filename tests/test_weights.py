@@ -243,6 +243,10 @@ def test_torchvision_mapping_moves_every_tensor(torchvision_file):
         assert torch.equal(msd[ours], sd[tv]), (tv, ours)
     rep = model.load_report
     assert rep.format == "torchvision" and rep.channel_order == "RGB" and rep.loaded == 71
+    from ssd_deploy.model.weights import _torchvision_name
+
+    # Errors about a torchvision file use its own names: the inverse mapping round-trips.
+    assert all(_torchvision_name(ours) == tv for tv, ours, _ in pairs)
     assert any("RGB" in n for n in rep.notes) and any("clip" in n for n in rep.notes)
 
 
@@ -250,7 +254,8 @@ def test_torchvision_config(torchvision_file):
     path, _, _ = torchvision_file
     _, cfg = model_from_checkpoint(path, phase="test")
     assert cfg.num_classes == 91 and cfg.prior == dataclasses.replace(COCO300, clip="wh") and cfg.channel_order == "RGB"
-    assert cfg.mean == (123.0, 117.0, 104.0)
+    # torchvision's mean (0.48235, 0.45882, 0.40784) x 255, not ssd.pytorch's rounded one.
+    assert cfg.mean == (122.99925, 116.9991, 103.9992)
     names = cfg.class_names
     assert len(names) == 91 and names[0] == "background"
     # COCO category ids: 1 person, 12 unused, 13 stop sign, 44 bottle, 90 toothbrush
@@ -259,6 +264,7 @@ def test_torchvision_config(torchvision_file):
     )
     assert names.count("N/A") == 10
     assert (cfg.detect.top_k, cfg.detect.keep_top_k) == (400, 200)
+    assert cfg.detect.clip_boxes and cfg.detect.wh_clamp is not None and not cfg.detect.nms_nan_suppresses
     _, cfg_over = model_from_checkpoint(path, channel_order="BGR")
     assert cfg_over.channel_order == "BGR" and cfg_over.mean == (104.0, 117.0, 123.0)
 
@@ -271,8 +277,14 @@ def test_torchvision_unconsumed_key_is_an_error(tmp_path, torchvision_file):
     torch.save(extra, path)
     with pytest.raises(WeightsError, match=r"1 unexpected \(backbone\.features\.24\.weight\)"):
         model_from_checkpoint(path)
+    bad = dict(sd)
+    bad["backbone.extra.2.2.weight"] = torch.zeros(256, 128, 1, 1)
+    path_bad = tmp_path / "tv_bad_shape.pth"
+    torch.save(bad, path_bad)
+    with pytest.raises(WeightsError, match=r"backbone\.extra\.2\.2\.weight has shape \(256, 128, 1, 1\)"):
+        model_from_checkpoint(path_bad)
     missing = {k: v for k, v in sd.items() if k != "backbone.scale_weight"}
-    with pytest.raises(WeightsError, match=r"1 missing \(L2Norm\.weight\)"):
+    with pytest.raises(WeightsError, match=r"1 missing \(backbone\.scale_weight\)"):
         load_weights(_quiet(build_ssd, "train", 300, 91, dataset="coco"), missing)
 
 

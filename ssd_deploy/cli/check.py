@@ -35,6 +35,8 @@ def print_report(report: CheckReport, console: Any) -> None:
               f"{d['p95_box_delta_input_px']:.3g} / {d['max_box_delta_input_px']:.3g}", f"p95 {lim['box_px']:.3g}")
     t.add_row("box delta, image px, p95 / max", f"{d['p95_box_delta_px']:.3g} / {d['max_box_delta_px']:.3g}", "")
     console.print(t)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
     verdict = "[green]PASS[/green]" if report.passed else "[red]FAIL[/red]: " + "; ".join(report.failures)
     console.print(f"{len(report.images)} images, {report.seconds:.1f} s: {verdict}")
 

@@ -69,28 +69,27 @@ def execute(args: argparse.Namespace) -> int:
     if args.weights is not None and not Path(args.weights).is_file():
         raise ExportError(f"{args.weights}: no such file")
     _require_torch()
-    from ..model import infer_layout, load_state_dict
+    from ..model import load_state_dict
+    from ..model.checkpoint import config_for_state_dict, describe_detect
 
-    num_classes = args.num_classes
     size = args.size
     if args.weights is not None:
+        # The checkpoint's format decides priors, names, channel order, mean and Detect
+        # (docs/checkpoints.md); flags given explicitly override it.
         sd = load_state_dict(args.weights)
-        w_size, w_classes = infer_layout(sd)
-        if w_size != size:
-            raise ExportError(f"{args.weights}: the checkpoint is an SSD{w_size}, --size is {size}")
-        if num_classes is not None and num_classes != w_classes:
-            raise ExportError(
-                f"{args.weights}: the checkpoint has {w_classes} classes, --num-classes says {num_classes}"
-            )
-        num_classes = w_classes
-    # Priors and names follow the dataset, never the class count (docs/ssd.md, priors).
-    dataset = args.config or "voc"
-    config = make_config(
-        size=size, dataset=dataset, num_classes=num_classes, prior=args.prior,
-        channel_order=args.channel_order, mean=args.mean,
-    )  # fmt: skip
+        config = config_for_state_dict(
+            sd, str(args.weights), dataset=args.config, size=size, num_classes=args.num_classes,
+            prior=args.prior, channel_order=args.channel_order, mean=args.mean,
+        ).config  # fmt: skip
+    else:
+        # Priors and names follow the dataset, never the class count (docs/ssd.md, "Priors").
+        config = make_config(
+            size=size, dataset=args.config or "voc", num_classes=args.num_classes, prior=args.prior,
+            channel_order=args.channel_order, mean=args.mean,
+        )  # fmt: skip
     con.print(f"[bold]ssd_deploy export[/bold] {config.name}: size {size}, {config.num_classes} classes, "
               f"priors {config.prior.name}, {config.channel_order} mean {config.mean}")
+    con.print(f"  Detect: {describe_detect(config.detect)}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = load_model(args.weights, config, seed=args.seed)

@@ -4,6 +4,7 @@ Everything here needs torch; the runtime path (``ssd_deploy.runtime``, ``ops``) 
 """
 
 from .build import build_ssd
+from .checkpoint import TORCHVISION_DETECT, config_for_checkpoint
 from .ssd import (
     SSD,
     L2Norm,
@@ -37,4 +38,6 @@ __all__ = [
     "load_state_dict",
     "load_weights",
     "model_from_checkpoint",
+    "config_for_checkpoint",
+    "TORCHVISION_DETECT",
 ]

@@ -20,18 +20,30 @@ __all__ = ["decode_reference", "detect_reference", "nms_reference"]
 _DEFAULT_PARAMS = DetectParams()  # frozen, so one shared default is safe
 
 
-def decode_reference(loc: Tensor, priors: Tensor, variances: Sequence[float] = (0.1, 0.2)) -> Tensor:
-    """Offsets ``loc [P, 4]`` + center-size ``priors [P, 4]`` -> corner boxes ``[P, 4]`` (no clipping)."""
+def decode_reference(
+    loc: Tensor, priors: Tensor, variances: Sequence[float] = (0.1, 0.2), wh_clamp: float | None = None
+) -> Tensor:
+    """Offsets ``loc [P, 4]`` + center-size ``priors [P, 4]`` -> corner boxes ``[P, 4]`` (no clipping).
+
+    ``wh_clamp`` caps ``loc_wh * variances[1]`` before ``exp`` (torchvision's ``bbox_xform_clip``).
+    """
     centers = priors[:, :2] + loc[:, :2] * variances[0] * priors[:, 2:]
-    sizes = priors[:, 2:] * torch.exp(loc[:, 2:] * variances[1])
+    log_sizes = loc[:, 2:] * variances[1]
+    if wh_clamp is not None:
+        log_sizes = log_sizes.clamp(max=wh_clamp)
+    sizes = priors[:, 2:] * torch.exp(log_sizes)
     mins = centers - sizes / 2
     return torch.cat((mins, mins + sizes), dim=1)
 
 
-def nms_reference(boxes: Tensor, scores: Tensor, overlap: float, top_k: int) -> Tensor:
+def nms_reference(
+    boxes: Tensor, scores: Tensor, overlap: float, top_k: int, nan_suppresses: bool = True
+) -> Tensor:
     """Greedy NMS over the ``top_k`` highest-scoring boxes; indices of the kept boxes, best first.
 
-    A box is dropped when its IoU (no +1 term) with an already kept box is above ``overlap``.
+    A box is dropped when its IoU (no +1 term) with an already kept box is above ``overlap``; a
+    NaN IoU (two empty boxes) drops it too when ``nan_suppresses`` (ssd.pytorch keeps only
+    ``IoU <= overlap``), and keeps it otherwise (torchvision suppresses only ``IoU > overlap``).
     """
     order = torch.argsort(scores, descending=True)[:top_k]
     x1, y1, x2, y2 = boxes.unbind(dim=1)
@@ -45,7 +57,7 @@ def nms_reference(boxes: Tensor, scores: Tensor, overlap: float, top_k: int) -> 
         inter = inter_w * inter_h
         union = (area[rest] - inter) + area[best]
         iou = inter / union
-        order = rest[iou <= overlap]
+        order = rest[iou <= overlap] if nan_suppresses else rest[~(iou > overlap)]
     if not kept:
         return torch.zeros(0, dtype=torch.long)
     return torch.stack(kept)
@@ -83,6 +95,8 @@ def detect_reference(
 
     The background class stays zero. ``params.keep_top_k=None`` reproduces ssd.pytorch (no
     per-image cap); an int keeps only that many detections per image, by score across classes.
+    ``params.wh_clamp`` and ``params.clip_boxes`` (boxes clipped to [0, 1] before NMS) give
+    torchvision's post-process.
     """
     loc = loc.detach().float().cpu()
     conf = conf.detach().float().cpu()
@@ -90,7 +104,9 @@ def detect_reference(
     batch, _, num_classes = conf.shape
     output = torch.zeros(batch, num_classes, params.top_k, 5)
     for i in range(batch):
-        boxes = decode_reference(loc[i], priors, variances)
+        boxes = decode_reference(loc[i], priors, variances, params.wh_clamp)
+        if params.clip_boxes:
+            boxes = boxes.clamp(min=0.0, max=1.0)
         for cl in range(num_classes):
             if cl == params.background_label:
                 continue
@@ -99,7 +115,7 @@ def detect_reference(
             if scores.numel() == 0:
                 continue
             cls_boxes = boxes[above]
-            kept = nms_reference(cls_boxes, scores, params.nms_thresh, params.top_k)
+            kept = nms_reference(cls_boxes, scores, params.nms_thresh, params.top_k, params.nms_nan_suppresses)
             output[i, cl, : kept.numel(), 0] = scores[kept]
             output[i, cl, : kept.numel(), 1:] = cls_boxes[kept]
         if params.keep_top_k is not None:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import COCO_CLASSES, PRIOR_CONFIGS, DetectParams, SSDConfig, make_config
+from ..config import COCO_CLASSES, PRIOR_CONFIGS, SSDConfig
 from ..errors import InputError
 from .ssd import SSD, VGG_LEN, init_weights, warn_untrained
 
@@ -62,13 +62,13 @@ TORCHVISION_COCO_CATEGORIES: tuple[str, ...] = _coco_category_names()
 
 _TORCHVISION_NOTES = (
     "torchvision ssd300_vgg16: labels are COCO category ids (91 slots, 'N/A' for the 10 unused ids)",
-    "torchvision input is RGB; its (x - 0.48235..)/(1/255) normalisation of 0-1 pixels equals "
-    "subtracting mean (123, 117, 104) from 0-255 pixels",
+    "torchvision input is RGB; its (x - (0.48235, 0.45882, 0.40784))/(1/255) normalisation of 0-1 "
+    "pixels equals subtracting mean (122.99925, 116.9991, 103.9992) from 0-255 pixels",
     "torchvision priors are the coco300 priors with only w/h clipped to [0, 1]: the config uses "
     "clip='wh' (ssd.pytorch clips all four values, which would move the centres of the 10x10 "
     "layer's last row/column from 1.0133 to 1.0)",
-    "torchvision's own post-process takes 400 candidates per class and keeps 200 per image "
-    "(config.detect set to match), and also clips boxes to the image and clamps dw/dh at log(1000/16)",
+    "torchvision's own post-process takes 400 candidates per class, clips boxes to the image, "
+    "clamps dw/dh at log(1000/16) and keeps 200 per image: config.detect records all of it",
 )
 _SSD_PYTORCH_NOTE = (
     "channel order is not recorded in ssd.pytorch files: natively trained weights expect RGB with "
@@ -214,6 +214,25 @@ _TV_RULES: tuple[tuple[re.Pattern[str], Any], ...] = (
 )  # fmt: skip
 
 
+def _torchvision_name(key: str) -> str:
+    """The torchvision name of an ssd.pytorch key (the inverse of :data:`_TV_RULES`), so that errors
+    about a torchvision file name its own tensors; ``key`` itself when it has none."""
+    m = re.match(r"^(vgg|extras|loc|conf)\.(\d+)\.(weight|bias)$", key)
+    if key == "L2Norm.weight":
+        return "backbone.scale_weight"
+    if not m:
+        return key
+    kind, i, part = m[1], int(m[2]), m[3]
+    if kind == "vgg":
+        if i <= 22:
+            return f"backbone.features.{i}.{part}"
+        return f"backbone.extra.0.{i - 23}.{part}" if i < 30 else f"backbone.extra.0.7.{i - 30}.{part}"
+    if kind == "extras":
+        return f"backbone.extra.{i // 2 + 1}.{2 * (i % 2)}.{part}"
+    head = "regression_head" if kind == "loc" else "classification_head"
+    return f"head.{head}.module_list.{i}.{part}"
+
+
 def _torchvision_key(key: str) -> str | None:
     for pattern, target in _TV_RULES:
         m = pattern.match(key)
@@ -307,7 +326,8 @@ def _apply(model: SSD, raw: Mapping[str, Tensor], name: str, strict: bool) -> Lo
         if key in target and tuple(value.shape) != tuple(target[key].shape):
             got, want = tuple(value.shape), tuple(target[key].shape)
             raise WeightsError(
-                f"{name}: {key} has shape {got}, model expects {want}{_shape_hint(key, got, want, model)}"
+                f"{name}: {_torchvision_name(key) if fmt == FORMAT_TORCHVISION else key} has shape {got}, "
+                f"model expects {want}{_shape_hint(key, got, want, model)}"
             )
     unexpected = [k for k in sd if k not in target]
     missing = [k for k in target if k not in sd]
@@ -331,7 +351,9 @@ def _apply(model: SSD, raw: Mapping[str, Tensor], name: str, strict: bool) -> Lo
     if strict and (report.missing or report.unexpected):
         parts = []
         if report.missing:
-            parts.append(f"{len(report.missing)} missing ({_summarise(report.missing)})")
+            # A torchvision file's missing tensors under the names that file uses.
+            shown = [_torchvision_name(k) for k in report.missing] if fmt == FORMAT_TORCHVISION else report.missing
+            parts.append(f"{len(report.missing)} missing ({_summarise(shown)})")
         if report.unexpected:
             parts.append(f"{len(report.unexpected)} unexpected ({_summarise(report.unexpected)})")
         raise WeightsError(f"{name}: {fmt} weights do not fit the model: {'; '.join(parts)}")
@@ -387,48 +409,19 @@ def model_from_checkpoint(
     Size and class count come from the file (``size``/``num_classes`` must agree if given; a
     base-only file needs them, default 300/21). ``dataset`` defaults to ``"voc"`` for 21 classes and
     ``"coco"`` otherwise, ssd.pytorch's rule, so its 201-class COCO files get COCO priors and names
-    ``class_81`` .. ``class_200`` for the unused outputs. torchvision files get COCO-300 priors,
-    torchvision's category-id class names, RGB input and its 400/200 Detect caps. Other keywords
-    (``channel_order``, ``mean``, ``class_names``, ``detect``, ``prior``, ``clip_priors``) go to
-    :func:`ssd_deploy.config.make_config` and win over these defaults. The load report is
+    ``class_81`` .. ``class_200`` for the unused outputs. The config comes from
+    :func:`ssd_deploy.model.checkpoint.config_for_checkpoint` (torchvision files: its priors,
+    labels, mean and post-process). Other keywords (``channel_order``, ``mean``, ``class_names``,
+    ``detect``, ``prior``, ``clip_priors``) win over the format's defaults. The load report is
     ``model.load_report``.
     """
+    from .checkpoint import config_for_state_dict  # the one place a checkpoint becomes a config
+
     name = str(path)
-    raw = load_state_dict(path)
-    fmt = detect_format(raw, name)
-    if fmt == FORMAT_VGG_BASE:
-        size = 300 if size is None else size
-        if num_classes is None:
-            num_classes = 21 if dataset in (None, "voc") else 81
-    else:
-        file_size, file_classes = infer_layout(raw, name)
-        if size is not None and size != file_size:
-            raise WeightsError(f"{name}: the file is SSD{file_size}, size={size} was asked for")
-        if num_classes is not None and num_classes != file_classes:
-            raise WeightsError(
-                f"{name}: the file has {file_classes} classes, num_classes={num_classes} was asked for"
-            )
-        size, num_classes = file_size, file_classes
-    if dataset is None:
-        dataset = "voc" if num_classes == 21 else "coco"
-
-    defaults: dict[str, Any] = {}
-    if fmt == FORMAT_TORCHVISION:
-        defaults = {
-            "channel_order": "RGB",
-            "detect": DetectParams(top_k=400, keep_top_k=200),
-            "clip_priors": "wh",
-        }
-        if num_classes == len(TORCHVISION_COCO_CATEGORIES) and dataset == "coco":
-            defaults["class_names"] = TORCHVISION_COCO_CATEGORIES
-    kwargs = {**defaults, **config_overrides}
-    try:
-        config = make_config(size=size, dataset=dataset, num_classes=num_classes, **kwargs)
-    except TypeError as e:
-        raise TypeError(f"model_from_checkpoint: {e}") from None
-    except ValueError as e:
-        raise WeightsError(f"{name}: cannot build a config for this file ({e})") from None
-
+    found = config_for_state_dict(
+        load_state_dict(path), name, dataset=dataset, size=size, num_classes=num_classes, **config_overrides
+    )
+    config, raw = found.config, found.state_dict
     model = init_weights(SSD(phase, config), seed)
     report = _apply(model, raw, name, strict)
     model.load_report = report

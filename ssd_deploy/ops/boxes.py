@@ -15,12 +15,19 @@ import numpy as np
 __all__ = ["box_area", "box_iou", "decode", "nms", "nms_keep", "nms_keep_planes", "scale_boxes"]
 
 
-def decode(loc: np.ndarray, priors: np.ndarray, variances: Sequence[float] = (0.1, 0.2)) -> np.ndarray:
+def decode(
+    loc: np.ndarray,
+    priors: np.ndarray,
+    variances: Sequence[float] = (0.1, 0.2),
+    wh_clamp: float | None = None,
+) -> np.ndarray:
     """Encoded offsets ``loc [..., 4]`` + center-size ``priors [..., 4]`` -> corner boxes ``[..., 4]``.
 
     ``c = p_xy + l_xy * v0 * p_wh``, ``wh = p_wh * exp(l_wh * v1)``, ``min = c - wh/2``,
-    ``max = min + wh``. No clamping and no clipping: boxes may leave [0, 1]. ``loc`` and ``priors``
-    broadcast against each other; the result is float32 unless an input is float64.
+    ``max = min + wh``. No clipping: boxes may leave [0, 1]. ``wh_clamp`` (torchvision's
+    ``bbox_xform_clip``, log(1000/16)) caps ``l_wh * v1`` from above before ``exp``; ``None`` (as
+    ssd.pytorch) does not. ``loc`` and ``priors`` broadcast against each other; the result is
+    float32 unless an input is float64.
     """
     loc = np.asarray(loc)
     priors = np.asarray(priors)
@@ -39,7 +46,10 @@ def decode(loc: np.ndarray, priors: np.ndarray, variances: Sequence[float] = (0.
     pt = np.ascontiguousarray(np.moveaxis(priors, -1, 0))
     # Same operations in the same order as ssd.pytorch: (l * v0) * p_wh, then + p_xy.
     center = lt[:2] * v0 * pt[2:] + pt[:2]
-    wh = pt[2:] * np.exp(lt[2:] * v1)
+    log_wh = lt[2:] * v1
+    if wh_clamp is not None:
+        np.minimum(log_wh, dtype.type(wh_clamp), out=log_wh)
+    wh = pt[2:] * np.exp(log_wh)
     ot = np.moveaxis(out, -1, 0)
     mins = center - wh / 2
     ot[:2] = mins
@@ -91,11 +101,12 @@ _MIN_BLOCK_ROWS = 16
 _MAX_MATRIX_ELEMS = 1 << 21
 
 
-def _suppression_matrix(coords: np.ndarray, iou_threshold: float) -> np.ndarray:
+def _suppression_matrix(coords: np.ndarray, iou_threshold: float, nan_suppresses: bool = True) -> np.ndarray:
     """``over[n, i, j]`` (float32 0/1) for ``i < j``: would candidate ``i`` suppress ``j``?
 
     ``coords [4, N, K]`` are the contiguous ``x1, y1, x2, y2`` planes. One where
-    ``not iou(i, j) <= t``, so NaN boxes suppress (and are suppressed) as in ssd.pytorch. The
+    ``not iou(i, j) <= t``, so NaN boxes suppress (and are suppressed) as in ssd.pytorch; with
+    ``nan_suppresses=False`` one where ``iou(i, j) > t``, as torchvision's ``nms`` decides. The
     union is ``(area_j - inter) + area_i``, the later box's area first, as ssd.pytorch computes it
     with ``i`` the kept box. Entries with ``i >= j`` are 0. Float, not bool, because the NMS
     rounds consume it as a matrix product.
@@ -136,18 +147,25 @@ def _suppression_matrix(coords: np.ndarray, iou_threshold: float) -> np.ndarray:
             h += area[ri]  # union
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                 w /= h
-            np.less_equal(w, t, out=near)
             block = over[g0:g1, i0:i1, i0:]
-            np.logical_not(near, out=block)
+            if nan_suppresses:
+                np.less_equal(w, t, out=near)
+                np.logical_not(near, out=block)
+            else:
+                np.greater(w, t, out=near)
+                block[...] = near
             # Within the diagonal square only j > i counts: earlier candidates suppress later ones.
             block[:, :, : i1 - i0] *= strict_upper[: i1 - i0, : i1 - i0]
     return over
 
 
-def nms_keep_planes(coords: np.ndarray, valid: np.ndarray, iou_threshold: float) -> np.ndarray:
+def nms_keep_planes(
+    coords: np.ndarray, valid: np.ndarray, iou_threshold: float, nan_suppresses: bool = True
+) -> np.ndarray:
     """:func:`nms_keep` for ``N`` sets given as coordinate planes ``coords [4, N, K]``
     (``x1, y1, x2, y2``, C-contiguous) and ``valid [N, K]``: the layout the pairwise math reads,
-    for callers that can build it without a transposing copy."""
+    for callers that can build it without a transposing copy. ``nan_suppresses``: see
+    :func:`nms_keep`."""
     n, k = valid.shape
     if k == 0 or n == 0:
         return valid.copy()
@@ -156,12 +174,12 @@ def nms_keep_planes(coords: np.ndarray, valid: np.ndarray, iou_threshold: float)
     if n > step:
         return np.concatenate(
             [
-                nms_keep_planes(coords[:, s : s + step], valid[s : s + step], iou_threshold)
+                nms_keep_planes(coords[:, s : s + step], valid[s : s + step], iou_threshold, nan_suppresses)
                 for s in range(0, n, step)
             ]
         )
     # Invalid candidates are never kept, so they suppress nothing.
-    over = _suppression_matrix(coords, iou_threshold)
+    over = _suppression_matrix(coords, iou_threshold, nan_suppresses)
     keep = valid.copy()
     for _ in range(k + 1):
         # One batched matrix-vector product per round: hits[j] = sum_i keep[i] * over[i, j].
@@ -173,11 +191,15 @@ def nms_keep_planes(coords: np.ndarray, valid: np.ndarray, iou_threshold: float)
     return keep
 
 
-def nms_keep(boxes: np.ndarray, valid: np.ndarray, iou_threshold: float) -> np.ndarray:
+def nms_keep(
+    boxes: np.ndarray, valid: np.ndarray, iou_threshold: float, nan_suppresses: bool = True
+) -> np.ndarray:
     """Batched greedy NMS over score-sorted candidates; returns the keep mask ``[..., K]``.
 
     ``boxes [..., K, 4]`` must be sorted by descending score along ``K`` within each leading index;
     ``valid [..., K]`` marks real candidates (padding is never kept and suppresses nothing).
+    A NaN IoU (two empty boxes) suppresses when ``nan_suppresses`` (ssd.pytorch), not otherwise
+    (torchvision).
 
     Greedy NMS keeps candidate ``j`` iff it is valid and no kept ``i < j`` overlaps it with
     IoU > ``iou_threshold``. That recursion has exactly one solution, and because ``keep[j]``
@@ -192,7 +214,7 @@ def nms_keep(boxes: np.ndarray, valid: np.ndarray, iou_threshold: float) -> np.n
         return np.zeros(lead + (0,), dtype=bool)
     valid = np.broadcast_to(np.asarray(valid, dtype=bool), lead + (k,)).reshape(-1, k)
     coords = np.ascontiguousarray(np.moveaxis(boxes.reshape(-1, k, 4), -1, 0), dtype=dtype)
-    return nms_keep_planes(coords, valid, iou_threshold).reshape(lead + (k,))
+    return nms_keep_planes(coords, valid, iou_threshold, nan_suppresses).reshape(lead + (k,))
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:

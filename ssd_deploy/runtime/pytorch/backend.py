@@ -41,6 +41,9 @@ class TorchBackend(Backend):
                 model, cfg = model_from_checkpoint(path, phase="train")
             except (OSError, ValueError) as e:
                 raise BackendError(str(e)) from None
+            #: What the checkpoint's format implies (ssd_deploy.model.checkpoint), before any
+            #: artifact config replaces it: ssd-check compares the two.
+            self.checkpoint_config: SSDConfig | None = cfg
             if config is not None:
                 if (config.size, config.num_classes) != (cfg.size, cfg.num_classes):
                     raise BackendError(
@@ -56,6 +59,7 @@ class TorchBackend(Backend):
             if config is None:
                 raise BackendError("TorchBackend needs a checkpoint path or a config")
             self.path = f"<seeded init, seed {seed}>"
+            self.checkpoint_config = None
             cfg = config
             model = SSD("train", cfg)
             init_weights(model, seed=seed)
