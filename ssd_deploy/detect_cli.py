@@ -16,7 +16,9 @@ from .runtime import BackendError, Detector
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="ssd-detect", description="Run an SSD artifact on images.")
+    p = argparse.ArgumentParser(prog="ssd-detect", description="Run an SSD artifact on images.",
+                                epilog="Many images to Parquet/JSON lines, optionally on Ray: ssd-detect --engine A "
+                                       "--input DIR --output OUT.parquet [--ray] (ssd-detect --input X --help)")
     p.add_argument("--engine", required=True, help=".onnx, .plan or PyTorch checkpoint")
     p.add_argument("images", nargs="*", help="image files or folders")
     p.add_argument("--samples", action="store_true", help="also run on the bundled sample photos (scikit-image)")
@@ -46,6 +48,12 @@ def _collect(args: argparse.Namespace) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Dataset mode (--input ... --output OUT.parquet|OUT.jsonl [--ray]) has its own flags: docs/batch.md.
+    words = list(sys.argv[1:] if argv is None else argv)
+    if any(w == "--input" or w.startswith("--input=") for w in words):
+        from .cli.detect_dataset import main as dataset_main
+
+        return dataset_main(words)
     from rich.console import Console
     from rich.table import Table
 
