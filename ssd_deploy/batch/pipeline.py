@@ -236,10 +236,21 @@ class RunSummary:
     errors: int  # of those, error rows
     parts: int
     seconds: float
+    #: Seconds until the first results arrived (listing, model and worker start-up, first batch).
+    first_result_s: float = 0.0
+    #: Rows in that first result batch.
+    first_rows: int = 0
 
     @property
     def images_per_s(self) -> float:
+        """The whole run: start-up included."""
         return self.written / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_images_per_s(self) -> float:
+        """From the first results to the last: the rate a long run settles at."""
+        dt = self.seconds - self.first_result_s
+        return (self.written - self.first_rows) / dt if dt > 0 and self.written > self.first_rows else 0.0
 
 
 def _meta(opts: RunOptions, engine: Path, config_name: str) -> dict[str, Any]:
@@ -292,7 +303,7 @@ def run(opts: RunOptions, progress: Progress | None = None) -> RunSummary:
     if opts.resume:
         _check_same_settings(out, meta)
     writer = bio.PartWriter(out, fmt, meta, opts.rows_per_part)
-    errors = 0
+    errors, first_s, first_rows = 0, 0.0, 0
     if progress:
         progress(0, len(todo))
     try:
@@ -300,6 +311,8 @@ def run(opts: RunOptions, progress: Progress | None = None) -> RunSummary:
             tables = (_ray_tables(opts, engine, todo, config) if opts.use_ray
                       else _local_tables(detector, opts.overrides, opts.min_score, todo, opts.batch_size))
             for table in tables:
+                if not first_rows:
+                    first_s, first_rows = time.perf_counter() - t0, table.num_rows
                 errors += table.num_rows - table.column("error").null_count
                 writer.add(table)
                 if progress:
@@ -310,7 +323,7 @@ def run(opts: RunOptions, progress: Progress | None = None) -> RunSummary:
         if detector is not None:
             detector.close()
     return RunSummary(str(out), len(paths), len(paths) - len(todo), writer.rows_written, errors,
-                      writer.parts_written, time.perf_counter() - t0)  # fmt: skip
+                      writer.parts_written, time.perf_counter() - t0, first_s, first_rows)  # fmt: skip
 
 
 def _ray_tables(opts: RunOptions, engine: Path, todo: list[str], config: SSDConfig) -> Iterator[Any]:
