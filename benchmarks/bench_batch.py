@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ssd_deploy.batch import RunOptions, run  # noqa: E402
+from ssd_deploy.batch import RunOptions, run
 
 
 def make_images(folder: Path, n: int, width: int, height: int) -> None:
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         start_ray(None, num_cpus=local_cpus(2, 1.0), object_store_bytes=512 * 1024 * 1024)
         ray_start = time.perf_counter() - t
-        modes = {"in-process": dict(use_ray=False), "ray, 1 actor": dict(use_ray=True, actors=1),
-                 "ray, 2 actors": dict(use_ray=True, actors=2)}  # fmt: skip
+        modes = {"in-process": {"use_ray": False}, "ray, 1 actor": {"use_ray": True, "actors": 1},
+                 "ray, 2 actors": {"use_ray": True, "actors": 2}}  # fmt: skip
         runs: dict[str, list[float]] = {m: [] for m in modes}
         steady: dict[str, list[float]] = {m: [] for m in modes}
         first: dict[str, list[float]] = {m: [] for m in modes}
@@ -100,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     base_steady = statistics.median(steady["in-process"])
     label = args.label or Path(args.engine).name
     lines = [
-        f"\n### {label}: {args.images} images {args.width}x{args.height} JPEG, batch {args.batch}, "
-        f"{args.rounds} rounds\n",
-        f"Ray start-up (once, not in the rates): {ray_start:.1f} s. Load average before "
-        f"{load0[0]:.1f}, after {load1[0]:.1f}.\n",
-        "| mode | whole job, images/s | each round | vs in-process | first result after, s "
-        "| steady, images/s | vs in-process |",
+        (f"\n### {label}: {args.images} images {args.width}x{args.height} JPEG, batch {args.batch}, "
+         f"{args.rounds} rounds\n"),
+        (f"Ray start-up (once, not in the rates): {ray_start:.1f} s. Load average before "
+         f"{load0[0]:.1f}, after {load1[0]:.1f}.\n"),
+        ("| mode | whole job, images/s | each round | vs in-process | first result after, s "
+         "| steady, images/s | vs in-process |"),
         "|---|---:|---|---:|---:|---:|---:|",
     ]
     for name, vals in runs.items():

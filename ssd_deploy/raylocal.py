@@ -68,8 +68,7 @@ def start_ray(
         num_cpus=int(num_cpus or os.cpu_count() or 1),
         object_store_memory=store,
         include_dashboard=False,
-        # Nothing reads the metrics of a private Ray (no dashboard, no Prometheus); turning their
-        # collection off also avoids a crash of idle workers seen here in Ray's metrics thread.
+        # Nothing reads the metrics of a private Ray (no dashboard, no Prometheus).
         _system_config={"enable_metrics_collection": False},
         logging_level="WARNING",
         configure_logging=True,

@@ -20,10 +20,10 @@ import pytest
 pytest.importorskip("pyarrow", reason="pyarrow not installed (pip install 'ssd_deploy[batch]')")
 pytest.importorskip("onnx", reason="onnx not installed (dev extra)")
 
-from batch_tiny import make_images, tiny_onnx  # noqa: E402
+from batch_tiny import make_images, tiny_onnx
 
-from ssd_deploy.batch import read_results  # noqa: E402
-from ssd_deploy.batch.io import list_inputs  # noqa: E402
+from ssd_deploy.batch import read_results
+from ssd_deploy.batch.io import list_inputs
 
 N_IMAGES = 300
 MIN_SCORE = 0.05

@@ -17,5 +17,15 @@ from .io import list_inputs, read_results
 from .pipeline import BatchError, DetectActor, RunOptions, RunSummary, artifact_config, detect_dataset, run
 from .rows import COLUMNS
 
-__all__ = ["BatchError", "COLUMNS", "DetectActor", "RunOptions", "RunSummary", "artifact_config",
-           "detect_dataset", "list_inputs", "read_results", "run"]  # fmt: skip
+__all__ = [
+           "COLUMNS",
+           "BatchError",
+           "DetectActor",
+           "RunOptions",
+           "RunSummary",
+           "artifact_config",
+           "detect_dataset",
+           "list_inputs",
+           "read_results",
+           "run",
+]  # fmt: skip

@@ -15,8 +15,9 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ..errors import InputError, optional_import
 from ..fileio import atomic_output, atomic_write

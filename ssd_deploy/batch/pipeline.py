@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -306,6 +307,7 @@ def run(opts: RunOptions, progress: Progress | None = None) -> RunSummary:
     errors, first_s, first_rows = 0, 0.0, 0
     if progress:
         progress(0, len(todo))
+    tables: Any = None
     try:
         if todo:
             tables = (_ray_tables(opts, engine, todo, config) if opts.use_ray
@@ -318,6 +320,8 @@ def run(opts: RunOptions, progress: Progress | None = None) -> RunSummary:
                 if progress:
                     progress(writer.rows_done, len(todo))
     finally:
+        if tables is not None:
+            tables.close()  # now, not at garbage collection: stops the pipeline (and a Ray we started)
         # Whatever ended the run, the rows already computed are complete: keep them.
         writer.flush()
         if detector is not None:

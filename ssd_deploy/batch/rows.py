@@ -9,7 +9,8 @@ the same functions, so a row is the same whichever path made it.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
