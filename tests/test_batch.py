@@ -217,3 +217,21 @@ def test_detect_dataset_returns_a_ray_dataset(data, expected, local_ray):
     table = pa.concat_tables(list(ds.iter_batches(batch_format="pyarrow", batch_size=None)))
     assert table.num_rows == 20 and table.column("error").null_count == 18
     _check_rows(table, {p: expected[p] for p in paths})
+
+
+@pytest.mark.slow  # a second driver process joining the Ray: ~15 s more
+def test_cli_joins_a_running_ray_by_address(data, expected, local_ray, tmp_path):
+    d, engine = data
+    paths = list_inputs(d / "imgs")[:20]
+    (tmp_path / "list.txt").write_text("\n".join(paths) + "\n")
+    address = local_ray.get_runtime_context().gcs_address
+    out = tmp_path / "dets.parquet"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "ssd_deploy.detect_cli", "--engine", str(engine), "--device", "cpu",
+           "--input", str(tmp_path / "list.txt"), "--output", str(out), "--min-score", str(MIN_SCORE),
+           "--ray", address, "--actors", "1", "--batch", "8", "-q"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "wrote 20 rows (0 errors)" in proc.stdout
+    _check_rows(read_results(out), {p: expected[p] for p in paths})
+    assert local_ray.is_initialized()  # the CLI left the cluster it joined running

@@ -162,6 +162,8 @@ def _quiet_ray_data() -> None:
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # ... which would otherwise warn once that its bars are off, as we asked.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def _check_gpus(actors: int, gpus: float) -> None:
