@@ -230,7 +230,7 @@ def test_cli_joins_a_running_ray_by_address(data, expected, local_ray, tmp_path)
     cmd = [sys.executable, "-m", "ssd_deploy.detect_cli", "--engine", str(engine), "--device", "cpu",
            "--input", str(tmp_path / "list.txt"), "--output", str(out), "--min-score", str(MIN_SCORE),
            "--ray", address, "--actors", "1", "--batch", "8", "-q"]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "wrote 20 rows (0 errors)" in proc.stdout
     _check_rows(read_results(out), {p: expected[p] for p in paths})
