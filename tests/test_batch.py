@@ -159,6 +159,23 @@ def test_in_process_rows_equal_detector(data, expected, tmp_path, capsys):
     assert len(list(out.glob("part-*"))) == 3
 
 
+def test_in_process_path_does_not_import_torch(data, tmp_path):
+    d, engine = data
+    code = f"""
+import sys
+from ssd_deploy.batch import RunOptions, run
+s = run(RunOptions({str(engine)!r}, {str(d / "imgs" / "img0000.jpg")!r}, {str(tmp_path / "o.jsonl")!r},
+                   backend_options={{"device": "cpu"}}))
+assert s.written == 1, s
+print("TORCH_MODULES", sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
+"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "TORCH_MODULES []" in out.stdout
+
+
 # -- Ray Data -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def local_ray():

@@ -14,18 +14,8 @@ Ray and pyarrow are optional (``pip install 'ssd_deploy[batch]'``); see docs/bat
 from __future__ import annotations
 
 from .io import list_inputs, read_results
-from .pipeline import BatchError, DetectActor, RunOptions, RunSummary, artifact_config, detect_dataset, run
+from .pipeline import DetectActor, RunOptions, RunSummary, artifact_config, detect_dataset, run
 from .rows import COLUMNS
 
-__all__ = [
-           "COLUMNS",
-           "BatchError",
-           "DetectActor",
-           "RunOptions",
-           "RunSummary",
-           "artifact_config",
-           "detect_dataset",
-           "list_inputs",
-           "read_results",
-           "run",
-]  # fmt: skip
+__all__ = ["COLUMNS", "DetectActor", "RunOptions", "RunSummary", "artifact_config", "detect_dataset",
+           "list_inputs", "read_results", "run"]  # fmt: skip

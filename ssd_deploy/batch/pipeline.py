@@ -22,7 +22,7 @@ import numpy as np
 
 from ..config import SSDConfig
 from ..contract import artifact_kind, describe_suffixes
-from ..errors import InputError, SSDDeployError, optional_import
+from ..errors import InputError, optional_import
 from . import io as bio
 from .rows import detect_rows, load_one, make_table
 
@@ -33,10 +33,6 @@ READ_BLOCK_BYTES = 64 * 1024 * 1024
 
 #: Memory a read task reserves: a worker with numpy and Pillow loaded (~200 MB measured) plus its block.
 READ_TASK_MEMORY = 256 * 1024 * 1024 + READ_BLOCK_BYTES
-
-
-class BatchError(SSDDeployError, RuntimeError):
-    """A dataset run could not complete (not a bad input); one line saying why."""
 
 
 # -- the engine -------------------------------------------------------------------------------------
@@ -121,7 +117,8 @@ def detect_dataset(
     inference in ``actors`` actors (``gpus_per_actor``: 1 for TensorRT plans, 0 otherwise unless
     given) on batches of ``batch_size``. ``overrides`` are :meth:`Detector.detect`'s thresholds
     (``conf_thresh``, ``nms_thresh``, ``top_k``, ``keep_top_k``); rows keep detections scoring at
-    least ``min_score``. Ray must be initialised (or Ray Data starts a default one).
+    least ``min_score``. Start Ray first (:func:`ssd_deploy.raylocal.start_ray` gives a private one
+    on loopback); otherwise Ray Data starts a default local Ray, which listens on every interface.
     Paths and the engine must be readable at the same path on every node.
     """
     rd = optional_import("ray.data", extra="batch", package="ray[data]")
@@ -132,13 +129,15 @@ def detect_dataset(
     done = set(skip)
     if done:
         paths = [p for p in paths if p not in done]
+    if not paths:
+        raise InputError("no images left to detect on (all skipped)" if done else "no images given")
     config = config or artifact_config(engine_path)
     image_bytes = 3 * config.size * config.size * 4
     rows_per_block = max(1, min(1024, READ_BLOCK_BYTES // image_bytes))
     # Enough blocks that every actor gets work from the start, small enough to stream in a small store.
     blocks = max(1, math.ceil(len(paths) / rows_per_block), min(math.ceil(len(paths) / batch_size), 4 * actors))
     ds = rd.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
-    # Each read task reserves the memory of the block it produces. That is also what keeps reading
+    # Each read task reserves the memory it uses (a worker plus its block). That is also what keeps reading
     # in tasks of its own: Ray Data fuses a stage into the next one when both ask for the same
     # resources (CPU-only inference), and decoding would then stop overlapping inference.
     ds = ds.map(_read_row, fn_kwargs={"config": config}, num_cpus=1, memory=READ_TASK_MEMORY)
@@ -355,5 +354,5 @@ def _ray_tables(opts: RunOptions, engine: Path, todo: list[str], config: SSDConf
             ray.shutdown()
 
 
-__all__ = ["BatchError", "DetectActor", "RunOptions", "RunSummary", "artifact_config", "check_engine",
+__all__ = ["DetectActor", "RunOptions", "RunSummary", "artifact_config", "check_engine",
            "detect_dataset", "make_table", "run"]  # fmt: skip
