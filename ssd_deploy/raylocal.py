@@ -6,8 +6,12 @@ listens on 127.0.0.1 only, has no dashboard and sends no usage statistics (docs/
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from .errors import InputError, optional_import
@@ -34,6 +38,23 @@ def _bind_loopback(ray_module: Any) -> None:
         constants.ENABLE_RAY_CLUSTER = False
 
 
+@contextlib.contextmanager
+def _keep_signal_handlers() -> Iterator[None]:
+    """Ray's driver start-up installs C-level handlers that abort the process on SIGTERM (exit 134,
+    no clean-up); put back the Python handlers this process had, so SIGTERM stays an interrupt that
+    runs ``finally`` blocks (ssd_deploy.cli.common) and Ctrl-C stays KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
 def start_ray(
     address: str | None = None,
     *,
@@ -54,7 +75,8 @@ def start_ray(
         return False
     if address not in (None, "", "local"):
         try:
-            ray.init(address=address, logging_level="WARNING", configure_logging=True)
+            with _keep_signal_handlers():
+                ray.init(address=address, logging_level="WARNING", configure_logging=True)
         except (ConnectionError, RuntimeError, ValueError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise InputError(f"--ray {address}: cannot connect to the Ray cluster ({first})") from None
@@ -63,6 +85,12 @@ def start_ray(
     if store < MIN_OBJECT_STORE_BYTES:
         raise InputError(f"object store of {store} bytes is below Ray's minimum of {MIN_OBJECT_STORE_BYTES}")
     _bind_loopback(ray)
+    with _keep_signal_handlers():
+        _init_local(ray, num_cpus, store)
+    return True
+
+
+def _init_local(ray: Any, num_cpus: int | None, store: int) -> None:
     ray.init(
         address="local",
         num_cpus=int(num_cpus or os.cpu_count() or 1),
@@ -73,7 +101,6 @@ def start_ray(
         logging_level="WARNING",
         configure_logging=True,
     )
-    return True
 
 
 def local_cpus(actors: int, cpus_per_actor: float) -> int:

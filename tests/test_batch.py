@@ -236,19 +236,30 @@ def test_detect_dataset_returns_a_ray_dataset(data, expected, local_ray):
     _check_rows(table, {p: expected[p] for p in paths})
 
 
-@pytest.mark.slow  # a second driver process joining the Ray: ~15 s more
-def test_cli_joins_a_running_ray_by_address(data, expected, local_ray, tmp_path):
+@pytest.mark.slow  # a second driver process joining the Ray, twice: ~30 s more
+def test_cli_joins_a_running_ray_by_address_and_stops_cleanly_on_sigterm(data, expected, local_ray, tmp_path):
     d, engine = data
-    paths = list_inputs(d / "imgs")[:20]
+    paths = list_inputs(d / "imgs")[100:200]
     (tmp_path / "list.txt").write_text("\n".join(paths) + "\n")
     address = local_ray.get_runtime_context().gcs_address
     out = tmp_path / "dets.parquet"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "ssd_deploy.detect_cli", "--engine", str(engine), "--device", "cpu",
            "--input", str(tmp_path / "list.txt"), "--output", str(out), "--min-score", str(MIN_SCORE),
-           "--ray", address, "--actors", "1", "--batch", "8", "-q"]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "wrote 20 rows (0 errors)" in proc.stdout
+           "--ray", address, "--actors", "1", "--batch", "2", "--rows-per-part", "10", "-q"]  # fmt: skip
+    # SIGTERM mid-run: Ray's driver installs an aborting SIGTERM handler; ours must win (exit 130,
+    # whole parts only, the joined cluster left running).
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not list(out.glob("part-*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "error: terminated" in err
+    assert 10 <= read_results(out).num_rows < len(paths)
+    assert local_ray.cluster_resources().get("CPU", 0) > 0
+    done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(2 errors" in done.stdout  # the corrupt pair, img0150/img0151
     _check_rows(read_results(out), {p: expected[p] for p in paths})
-    assert local_ray.is_initialized()  # the CLI left the cluster it joined running
