@@ -222,6 +222,16 @@ def test_resume_after_interrupt_on_ray_with_two_actors(data, expected, local_ray
     _check_rows(read_results(out), expected)
 
 
+def test_more_gpus_than_the_cluster_has_is_bad_input(data, local_ray, tmp_path, capsys):
+    d, engine = data
+    out = tmp_path / "dets.parquet"
+    rc = _cli(["--engine", engine, "--input", d / "imgs", "--output", out, "--ray", "--actors", 2,
+               "--gpus-per-actor", 1, "-q"])  # fmt: skip
+    assert rc == 2
+    assert "2 actor(s) x 1 GPU need 2 GPUs but the Ray cluster has 0" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_detect_dataset_returns_a_ray_dataset(data, expected, local_ray):
     from ssd_deploy.batch import detect_dataset
 
