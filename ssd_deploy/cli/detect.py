@@ -16,6 +16,8 @@ from . import common
 
 def build_parser() -> argparse.ArgumentParser:
     p = common.parser("ssd-detect", "Run an SSD artifact on images; write <image>.json and an annotated <image>.png.")
+    p.epilog = ("Many images to Parquet or JSON lines, optionally on Ray: ssd-detect --engine A --input DIR "
+                "--output OUT.parquet [--ray] (see ssd-detect --input X --help, docs/batch.md)")
     common.add_engine(p)
     p.add_argument("images", nargs="*", help="image files or folders")
     p.add_argument("--samples", action="store_true", help="also run on the bundled sample photos (scikit-image)")
@@ -128,6 +130,12 @@ def _write_outputs(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Dataset mode has its own flags (and --output means a results folder there): docs/batch.md.
+    words = list(sys.argv[1:] if argv is None else argv)
+    if any(w == "--input" or w.startswith("--input=") for w in words):
+        from .detect_dataset import main as dataset_main
+
+        return dataset_main(words)
     return common.run(build_parser, execute, argv)
 
 
