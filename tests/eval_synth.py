@@ -36,16 +36,19 @@ class Scene:
 
 
 def random_scenes(n: int, seed: int = 0, classes: Sequence[str] = ("person", "car", "dog", "cat"),
-                  size: tuple[int, int] = (160, 120)) -> list[Scene]:
-    """``n`` scenes with 0-3 large objects each (every 4th scene empty, some objects difficult)."""
+                  size: tuple[int, int] = (160, 120), scale: tuple[float, float] = (0.25, 0.5),
+                  per_image: int = 3) -> list[Scene]:
+    """``n`` scenes with 1..``per_image`` objects each, sides a ``scale`` fraction of the image's
+    (every 4th scene empty, every 5th object difficult)."""
     rng = np.random.default_rng(seed)
     w, h = size
     scenes = []
     for i in range(n):
         objs = []
         if i % 4 != 3:
-            for k in range(int(rng.integers(1, 4))):
-                bw, bh = int(rng.integers(w // 4, w // 2)), int(rng.integers(h // 4, h // 2))
+            for k in range(int(rng.integers(1, per_image + 1))):
+                bw = int(rng.integers(int(w * scale[0]), int(w * scale[1])))
+                bh = int(rng.integers(int(h * scale[0]), int(h * scale[1])))
                 x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
                 objs.append(Obj(str(rng.choice(list(classes))), (x, y, bw, bh), difficult=(i + k) % 5 == 4))
         scenes.append(Scene(f"{i + 1:06d}", w, h, objs))
