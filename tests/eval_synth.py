@@ -10,9 +10,9 @@ Test-only code: the library never writes datasets.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -35,9 +35,14 @@ class Scene:
     objects: list[Obj] = field(default_factory=list)
 
 
-def random_scenes(n: int, seed: int = 0, classes: Sequence[str] = ("person", "car", "dog", "cat"),
-                  size: tuple[int, int] = (160, 120), scale: tuple[float, float] = (0.25, 0.5),
-                  per_image: int = 3) -> list[Scene]:
+def random_scenes(
+    n: int,
+    seed: int = 0,
+    classes: Sequence[str] = ("person", "car", "dog", "cat"),
+    size: tuple[int, int] = (160, 120),
+    scale: tuple[float, float] = (0.25, 0.5),
+    per_image: int = 3,
+) -> list[Scene]:
     """``n`` scenes with 1..``per_image`` objects each, sides a ``scale`` fraction of the image's
     (every 4th scene empty, every 5th object difficult)."""
     rng = np.random.default_rng(seed)
@@ -64,7 +69,7 @@ def render(scene: Scene, seed: int = 0) -> np.ndarray:
     for k, o in enumerate(scene.objects):
         x, y, bw, bh = o.box
         colour = [(40 * (VOC_CLASSES.index(o.name) + 1) + 30 * c) % 256 for c in range(3)]
-        img[y:y + bh, x:x + bw] = colour
+        img[y : y + bh, x : x + bw] = colour
     return img
 
 
@@ -90,7 +95,9 @@ def write_voc(base: Path, scenes: Sequence[Scene], split: str = "test", year: st
     return root
 
 
-def write_coco(base: Path, scenes: Sequence[Scene], categories: Sequence[str] = VOC_CLASSES) -> tuple[Path, Path]:
+def write_coco(
+    base: Path, scenes: Sequence[Scene], categories: Sequence[str] = VOC_CLASSES
+) -> tuple[Path, Path]:
     """``base/annotations.json`` and ``base/images/``; category ids 1..len(categories) in that order."""
     base = Path(base)
     img_dir = base / "images"
@@ -98,14 +105,31 @@ def write_coco(base: Path, scenes: Sequence[Scene], categories: Sequence[str] = 
     images, anns = [], []
     for s in scenes:
         Image.fromarray(render(s)).save(img_dir / f"{s.image_id}.jpg", quality=95)
-        images.append({"id": int(s.image_id), "file_name": f"{s.image_id}.jpg", "width": s.width, "height": s.height})
+        images.append(
+            {"id": int(s.image_id), "file_name": f"{s.image_id}.jpg", "width": s.width, "height": s.height}
+        )
         for o in s.objects:
             x, y, w, h = o.box
-            anns.append({"id": len(anns) + 1, "image_id": int(s.image_id), "category_id": categories.index(o.name) + 1,
-                         "bbox": [x, y, w, h], "area": w * h, "iscrowd": int(o.difficult)})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": int(s.image_id),
+                    "category_id": categories.index(o.name) + 1,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": int(o.difficult),
+                }
+            )
     ann = base / "annotations.json"
-    ann.write_text(json.dumps({"images": images, "annotations": anns,
-                               "categories": [{"id": i + 1, "name": n} for i, n in enumerate(categories)]}))
+    ann.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [{"id": i + 1, "name": n} for i, n in enumerate(categories)],
+            }
+        )
+    )
     return ann, img_dir
 
 
@@ -133,13 +157,35 @@ def perturbed_detections(scenes: Sequence[Scene], seed: int = 0, voc: bool = Tru
             if r < 0.25:
                 cat = cat % 20 + 1  # wrong class
             score = round(float(rng.choice([0.9, 0.7, 0.5, rng.random()])), 3)  # many ties
-            out.append({"image_id": iid, "category_id": cat, "bbox": [float(x + dx), float(y + dy), float(w), float(h)],
-                        "score": score})
+            out.append(
+                {
+                    "image_id": iid,
+                    "category_id": cat,
+                    "bbox": [float(x + dx), float(y + dy), float(w), float(h)],
+                    "score": score,
+                }
+            )
             if r > 0.8:  # duplicate
-                out.append({"image_id": iid, "category_id": cat, "bbox": [float(x), float(y), float(w), float(h)],
-                            "score": score * 0.5})
+                out.append(
+                    {
+                        "image_id": iid,
+                        "category_id": cat,
+                        "bbox": [float(x), float(y), float(w), float(h)],
+                        "score": score * 0.5,
+                    }
+                )
         for _ in range(int(rng.integers(0, 3))):  # false positives
-            out.append({"image_id": iid, "category_id": int(rng.integers(1, 21)),
-                        "bbox": [float(rng.integers(0, s.width // 2)), float(rng.integers(0, s.height // 2)), 20.0, 15.0],
-                        "score": round(float(rng.random()), 3)})
+            out.append(
+                {
+                    "image_id": iid,
+                    "category_id": int(rng.integers(1, 21)),
+                    "bbox": [
+                        float(rng.integers(0, s.width // 2)),
+                        float(rng.integers(0, s.height // 2)),
+                        20.0,
+                        15.0,
+                    ],
+                    "score": round(float(rng.random()), 3),
+                }
+            )
     return out

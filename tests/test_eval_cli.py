@@ -9,14 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from eval_synth import perturbed_detections, random_scenes, write_coco, write_voc
+
 from ssd_deploy.cli.eval import main
 
 # Small objects: the seeded (untrained) SSD's surviving boxes are small, so some hit and the AP is not 0.
 # Four images keep the 4 x 4 SSD300 passes on a shared 2-core CPU near a minute.
-SCENES = random_scenes(4, seed=11, classes=("person", "car", "dog", "cat", "bird", "sheep"), scale=(0.07, 0.2),
-                       per_image=8)
+SCENES = random_scenes(
+    4, seed=11, classes=("person", "car", "dog", "cat", "bird", "sheep"), scale=(0.07, 0.2), per_image=8
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +42,28 @@ def artifacts(ssd300_onnx, data, tmp_path_factory) -> dict[str, Path]:
 
 def test_fp32_fp16_int8_beside_the_reference(artifacts, data, tmp_path, capsys):
     report, saved, gallery = tmp_path / "r.json", tmp_path / "dets.json", tmp_path / "gallery"
-    rc = main(["--engine", str(artifacts["fp32"]), "--engine", str(artifacts["fp16"]), "--engine", str(artifacts["int8"]),
-               "--dataset", f"voc:{data['voc']}:test", "--json", str(report), "--save-detections", str(saved),
-               "--gallery", str(gallery), "--max-drop", "100", "--batch", "4"])
+    rc = main(
+        [
+            "--engine",
+            str(artifacts["fp32"]),
+            "--engine",
+            str(artifacts["fp16"]),
+            "--engine",
+            str(artifacts["int8"]),
+            "--dataset",
+            f"voc:{data['voc']}:test",
+            "--json",
+            str(report),
+            "--save-detections",
+            str(saved),
+            "--gallery",
+            str(gallery),
+            "--max-drop",
+            "100",
+            "--batch",
+            "4",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "VOC07 11-point AP at IoU 0.5" in out
@@ -58,14 +78,25 @@ def test_fp32_fp16_int8_beside_the_reference(artifacts, data, tmp_path, capsys):
     fp32 = by_prec["fp32"]
     assert round(100 * (fp32["mAP"] - ref["mAP"]), 4) == 0  # FP32 vs reference: 0 to 4 decimals
     for cls, ap in ref["per_class"].items():
-        assert (ap is None and fp32["per_class"][cls] is None) or round(100 * (fp32["per_class"][cls] - ap), 4) == 0
+        assert (ap is None and fp32["per_class"][cls] is None) or round(
+            100 * (fp32["per_class"][cls] - ap), 4
+        ) == 0
     verdicts = {v["artifact"]: v for v in r["verdicts"]}
     assert len(verdicts) == 3 and all(v["passed"] for v in verdicts.values()) and r["passed"]
     # the saved detections evaluate to the same mAP (boxes rounded to 0.01 px in the file)
     files = sorted(tmp_path.glob("dets.*.json"))
     assert len(files) == 3
     fp32_file = next(f for f in files if f.name == "dets.ssd300.json")
-    rc = main(["--detections", str(fp32_file), "--dataset", f"voc:{data['voc']}", "--json", str(tmp_path / "d.json")])
+    rc = main(
+        [
+            "--detections",
+            str(fp32_file),
+            "--dataset",
+            f"voc:{data['voc']}",
+            "--json",
+            str(tmp_path / "d.json"),
+        ]
+    )
     assert rc == 0
     again = json.loads((tmp_path / "d.json").read_text())["models"][0]
     assert again["mAP"] == pytest.approx(fp32["mAP"], abs=2e-4)
@@ -134,22 +165,49 @@ def test_bad_input_is_one_line_exit_2_nothing_written(data, tmp_path, capsys, ss
     broken = shutil.copytree(data["voc"], tmp_path / "VOC2007")
     (broken / "Annotations" / "000002.xml").write_text("<annotation><object>")
     _bad(tmp_path, capsys, eng + ["--dataset", f"voc:{broken}"], "000002.xml: not a valid annotation XML")
-    (broken / "Annotations" / "000002.xml").write_text((data["voc"] / "Annotations" / "000002.xml").read_text())
+    (broken / "Annotations" / "000002.xml").write_text(
+        (data["voc"] / "Annotations" / "000002.xml").read_text()
+    )
     (broken / "JPEGImages" / "000003.jpg").unlink()
     _bad(tmp_path, capsys, eng + ["--dataset", f"voc:{broken}"], "'000003' is listed but")
     bad_json = tmp_path / "ann.json"
     bad_json.write_text("{not json")
     _bad(tmp_path, capsys, eng + ["--dataset", f"coco:{bad_json}:{data['imgs']}"], "ann.json: not valid JSON")
     dets = tmp_path / "d.json"
-    dets.write_text(json.dumps([{"image_id": "999999", "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}]))
-    _bad(tmp_path, capsys, ["--detections", str(dets), "--dataset", f"voc:{data['voc']}"], "unknown image_id '999999'")
-    dets.write_text(json.dumps([{"image_id": "000001", "category_id": 21, "bbox": [0, 0, 1, 1], "score": 0.5}]))
-    _bad(tmp_path, capsys, ["--detections", str(dets), "--dataset", f"voc:{data['voc']}"], "unknown category_id 21")
-    dets.write_text(json.dumps([{"image_id": "000001", "category_id": 1, "bbox": [0, 0, 1, 1], "score": float("nan")}]))
+    dets.write_text(
+        json.dumps([{"image_id": "999999", "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}])
+    )
+    _bad(
+        tmp_path,
+        capsys,
+        ["--detections", str(dets), "--dataset", f"voc:{data['voc']}"],
+        "unknown image_id '999999'",
+    )
+    dets.write_text(
+        json.dumps([{"image_id": "000001", "category_id": 21, "bbox": [0, 0, 1, 1], "score": 0.5}])
+    )
+    _bad(
+        tmp_path,
+        capsys,
+        ["--detections", str(dets), "--dataset", f"voc:{data['voc']}"],
+        "unknown category_id 21",
+    )
+    dets.write_text(
+        json.dumps([{"image_id": "000001", "category_id": 1, "bbox": [0, 0, 1, 1], "score": float("nan")}])
+    )
     _bad(tmp_path, capsys, ["--detections", str(dets), "--dataset", f"voc:{data['voc']}"], "non-finite")
-    _bad(tmp_path, capsys, ["--engine", str(tmp_path / "nope.onnx"), "--dataset", f"voc:{data['voc']}"],
-         "no such artifact file")
-    _bad(tmp_path, capsys, eng + ["--dataset", f"voc:{data['voc']}", "--metric", "coco"], "needs a COCO dataset")
+    _bad(
+        tmp_path,
+        capsys,
+        ["--engine", str(tmp_path / "nope.onnx"), "--dataset", f"voc:{data['voc']}"],
+        "no such artifact file",
+    )
+    _bad(
+        tmp_path,
+        capsys,
+        eng + ["--dataset", f"voc:{data['voc']}", "--metric", "coco"],
+        "needs a COCO dataset",
+    )
     full = tmp_path / "full"
     full.mkdir()
     (full / "x").write_text("")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..contract import artifact_kind, describe_suffixes
 from ..errors import EXIT_CHECK_FAILED, EXIT_OK, InputError
@@ -20,36 +22,91 @@ from . import common
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = common.parser("ssd-eval", "mAP of SSD artifacts on VOC or COCO data, side by side with the PyTorch reference.")
+    p = common.parser(
+        "ssd-eval", "mAP of SSD artifacts on VOC or COCO data, side by side with the PyTorch reference."
+    )
     common.add_engine(p, multiple=True, required=False)
-    p.add_argument("--detections", type=common.existing_file, default=None, metavar="FILE",
-                   help="evaluate this COCO-format results file instead of running a model")
-    p.add_argument("--dataset", required=True, metavar="SPEC",
-                   help="voc:VOCdevkit/VOC2007[:test] or coco:ANNOTATIONS.json:IMAGE_DIR")
-    p.add_argument("--metric", choices=("voc07", "voc12", "coco"), default=None,
-                   help="default: voc07 for VOC2007, voc12 for other VOC years, coco for COCO")
-    p.add_argument("--reference", default="auto", metavar="PATH|auto|none",
-                   help="PyTorch reference: 'auto' rebuilds it from the artifact's metadata, a .pth "
-                        "checkpoint, or 'none'")
-    p.add_argument("--max-drop", type=common.finite_float, default=None, metavar="AP",
-                   help="fail (exit 1) when an artifact's mAP is more than this many AP points below its "
-                        "reference (default: 0.05 for FP32, 0.5 for FP16/INT8)")
-    p.add_argument("--limit", type=common.positive_int, default=None, metavar="N", help="only the first N images")
+    p.add_argument(
+        "--detections",
+        type=common.existing_file,
+        default=None,
+        metavar="FILE",
+        help="evaluate this COCO-format results file instead of running a model",
+    )
+    p.add_argument(
+        "--dataset",
+        required=True,
+        metavar="SPEC",
+        help="voc:VOCdevkit/VOC2007[:test] or coco:ANNOTATIONS.json:IMAGE_DIR",
+    )
+    p.add_argument(
+        "--metric",
+        choices=("voc07", "voc12", "coco"),
+        default=None,
+        help="default: voc07 for VOC2007, voc12 for other VOC years, coco for COCO",
+    )
+    p.add_argument(
+        "--voc-convention",
+        choices=("devkit", "ssd.pytorch"),
+        default="devkit",
+        help="VOC rules: the official devkit's, or ssd.pytorch eval.py's (to reproduce its "
+        "published figures; docs/evaluation.md)",
+    )
+    p.add_argument(
+        "--reference",
+        default="auto",
+        metavar="PATH|auto|none",
+        help="PyTorch reference: 'auto' rebuilds it from the artifact's metadata, a .pth "
+        "checkpoint, or 'none'",
+    )
+    p.add_argument(
+        "--max-drop",
+        type=common.finite_float,
+        default=None,
+        metavar="AP",
+        help="fail (exit 1) when an artifact's mAP is more than this many AP points below its "
+        "reference (default: 0.05 for FP32, 0.5 for FP16/INT8)",
+    )
+    p.add_argument(
+        "--limit", type=common.positive_int, default=None, metavar="N", help="only the first N images"
+    )
     p.add_argument("--batch", type=common.positive_int, default=8, help="images per inference batch")
     p.add_argument("--json", default=None, metavar="PATH", help="write the report as JSON here")
-    p.add_argument("--save-detections", default=None, metavar="FILE",
-                   help="write each artifact's detections as a COCO results file (several artifacts: "
-                        "FILE's stem + '.<artifact>' + .json)")
-    p.add_argument("--gallery", default=None, metavar="DIR",
-                   help="write side-by-side PNGs of the images where artifact and reference disagree most, "
-                        "and an index.html, into this new or empty folder")
-    p.add_argument("--gallery-size", type=common.positive_int, default=20, help="images per artifact in the gallery")
-    p.add_argument("--gallery-min-score", type=common.unit_interval, default=0.3,
-                   help="detections drawn and compared in the gallery score at least this")
-    p.add_argument("--conf-thresh", type=common.unit_interval, default=None,
-                   help="Detect score threshold (default: 0.01, ssd.pytorch's evaluation setting)")
-    p.add_argument("--top-k", type=common.positive_int, default=None,
-                   help="Detect candidates per class (default: 200, ssd.pytorch's evaluation setting)")
+    p.add_argument(
+        "--save-detections",
+        default=None,
+        metavar="FILE",
+        help="write each artifact's detections as a COCO results file (several artifacts: "
+        "FILE's stem + '.<artifact>' + .json)",
+    )
+    p.add_argument(
+        "--gallery",
+        default=None,
+        metavar="DIR",
+        help="write side-by-side PNGs of the images where artifact and reference disagree most, "
+        "and an index.html, into this new or empty folder",
+    )
+    p.add_argument(
+        "--gallery-size", type=common.positive_int, default=20, help="images per artifact in the gallery"
+    )
+    p.add_argument(
+        "--gallery-min-score",
+        type=common.unit_interval,
+        default=0.3,
+        help="detections drawn and compared in the gallery score at least this",
+    )
+    p.add_argument(
+        "--conf-thresh",
+        type=common.unit_interval,
+        default=None,
+        help="Detect score threshold (default: 0.01, ssd.pytorch's evaluation setting)",
+    )
+    p.add_argument(
+        "--top-k",
+        type=common.positive_int,
+        default=None,
+        help="Detect candidates per class (default: 200, ssd.pytorch's evaluation setting)",
+    )
     common.add_device(p)
     return p
 
@@ -86,7 +143,9 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
     dataset = load_dataset(args.dataset).limit(args.limit)
     metric = args.metric or dataset.default_metric
     if metric == "coco" and dataset.kind != "coco":
-        raise InputError(f"--metric coco needs a COCO dataset (coco:ANNOTATIONS.json:IMAGE_DIR), got {args.dataset}")
+        raise InputError(
+            f"--metric coco needs a COCO dataset (coco:ANNOTATIONS.json:IMAGE_DIR), got {args.dataset}"
+        )
     if metric != "coco" and dataset.kind != "voc":
         raise InputError(f"--metric {metric} needs a VOC dataset (voc:ROOT[:SPLIT]); use --metric coco")
     if metric == "coco":
@@ -107,12 +166,20 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
         from ..evaluation.gallery import gallery_problem
 
         if not engines or ref == "none":
-            raise InputError("--gallery compares artifacts with their reference: needs --engine and a --reference")
+            raise InputError(
+                "--gallery compares artifacts with their reference: needs --engine and a --reference"
+            )
         problem = gallery_problem(args.gallery)
         if problem:
             raise InputError(problem)
     detections = read_detections(args.detections, dataset) if args.detections is not None else None
-    return {"dataset": dataset, "metric": metric, "engines": engines, "saves": saves, "detections": detections}
+    return {
+        "dataset": dataset,
+        "metric": metric,
+        "engines": engines,
+        "saves": saves,
+        "detections": detections,
+    }
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -135,8 +202,14 @@ def execute(args: argparse.Namespace) -> int:
         from ..evaluation.runner import ModelResult
 
         dets = v["detections"]
-        res = ModelResult(Path(args.detections).name, str(args.detections), "-", "file",
-                          evaluate(dataset, dets, metric, coco_gt), dets)
+        res = ModelResult(
+            Path(args.detections).name,
+            str(args.detections),
+            "file",
+            "file",
+            evaluate(dataset, dets, metric, coco_gt, args.voc_convention),
+            dets,
+        )
         report = {"dataset": dataset.describe(), "metric": metric, "models": [res], "verdicts": []}
     else:
         report = _run_models(args, v, con, coco_gt)
@@ -145,10 +218,13 @@ def execute(args: argparse.Namespace) -> int:
     if args.json:
         from ..fileio import atomic_write
 
-        out = {"dataset": report["dataset"], "metric": metric,
-               "models": [m.to_dict() for m in report["models"]],
-               "verdicts": [x.to_dict() for x in report["verdicts"]],
-               "passed": all(x.passed for x in report["verdicts"])}
+        out = {
+            "dataset": report["dataset"],
+            "metric": metric,
+            "models": [m.to_dict() for m in report["models"]],
+            "verdicts": [x.to_dict() for x in report["verdicts"]],
+            "passed": all(x.passed for x in report["verdicts"]),
+        }
         atomic_write(args.json, json.dumps(out, indent=1).encode())
     by_name = {m.name: m for m in report["models"]}
     for path, name in zip(v["saves"], report.get("artifacts", [])):
@@ -157,8 +233,15 @@ def execute(args: argparse.Namespace) -> int:
     if args.gallery:
         from ..evaluation.gallery import write_gallery
 
-        pairs = [(by_name[x.artifact].name, by_name[x.artifact].detections, x.reference,
-                  by_name[x.reference].detections) for x in report["verdicts"]]
+        pairs = [
+            (
+                by_name[x.artifact].name,
+                by_name[x.artifact].detections,
+                x.reference,
+                by_name[x.reference].detections,
+            )
+            for x in report["verdicts"]
+        ]
         write_gallery(args.gallery, dataset, pairs, top=args.gallery_size, min_score=args.gallery_min_score)
         con.print(f"wrote the mismatch gallery to {args.gallery}/index.html")
     return EXIT_OK if all(x.passed for x in report["verdicts"]) else EXIT_CHECK_FAILED
@@ -167,9 +250,17 @@ def execute(args: argparse.Namespace) -> int:
 def _run_models(args: argparse.Namespace, v: dict[str, Any], con: Any, coco_gt: Any) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ..evaluation.runner import (
+        ModelResult,
+        eval_params,
+        evaluate,
+        reference_detector,
+        reference_key,
+        run_detector,
+        unique_names,
+        verdict,
+    )
     from ..runtime import Detector
-    from ..evaluation.runner import (ModelResult, eval_params, evaluate, reference_detector, reference_key,
-                                     run_detector, unique_names, verdict)
 
     dataset, metric = v["dataset"], v["metric"]
     names = unique_names(v["engines"])
@@ -177,18 +268,27 @@ def _run_models(args: argparse.Namespace, v: dict[str, Any], con: Any, coco_gt: 
     artifacts: list[str] = []
     refs: dict[str, str] = {}  # reference key -> its entry's name
     verdicts = []
-    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console_stderr(), transient=True)
+    prog = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console_stderr(),
+        transient=True,
+    )
 
     def score(det: Any, name: str, path: str) -> ModelResult:
         task = prog.add_task(name, total=len(dataset))
         t = time.perf_counter()
         params = eval_params(det, args.conf_thresh, args.top_k)
-        dets = run_detector(det, dataset, params=params, batch=args.batch,
-                            progress=lambda n: prog.advance(task, n))
+        dets = run_detector(
+            det, dataset, params=params, batch=args.batch, progress=lambda n: prog.advance(task, n)
+        )
         prog.remove_task(task)
-        return ModelResult(name, path, det.backend.precision, det.backend.name,
-                           evaluate(dataset, dets, metric, coco_gt), dets, seconds=time.perf_counter() - t)
+        scored = evaluate(dataset, dets, metric, coco_gt, args.voc_convention)
+        return ModelResult(
+            name, path, det.backend.precision, det.backend.name, scored, dets, seconds=time.perf_counter() - t
+        )
 
     with prog:
         for path, name in zip(v["engines"], names):
@@ -216,28 +316,31 @@ def _run_models(args: argparse.Namespace, v: dict[str, Any], con: Any, coco_gt: 
             res.reference = refs[key]
             ref_entry = next(m for m in models if m.name == refs[key])
             verdicts.append(verdict(res, ref_entry, args.max_drop))
-    return {"dataset": dataset.describe(), "metric": metric, "models": models, "verdicts": verdicts,
-            "artifacts": artifacts}
+    return {
+        "dataset": dataset.describe(),
+        "metric": metric,
+        "models": models,
+        "verdicts": verdicts,
+        "artifacts": artifacts,
+    }
 
 
-def Console_stderr() -> Any:  # noqa: N802  (a factory, named for what it returns)
+def Console_stderr() -> Any:
     from rich.console import Console
 
     return Console(stderr=True)
 
 
 def _fmt(x: float) -> str:
-    return "-" if x != x else f"{100 * x:.2f}"
+    return "-" if math.isnan(x) else f"{100 * x:.2f}"
 
 
 def _print(con: Any, report: dict[str, Any], metric: str) -> None:
     from rich.table import Table
 
-    from ..evaluation.voc import METRIC_TITLES
-
     models = report["models"]
     by_name = {m.name: m for m in models}
-    t = Table(title=f"{METRIC_TITLES[metric]}, in AP points (x100)")
+    t = Table(title="AP in points (x100)")
     t.add_column("class")
     t.add_column("GT", justify="right")
     for m in models:
@@ -252,7 +355,7 @@ def _print(con: Any, report: dict[str, Any], metric: str) -> None:
             row.append(_fmt(ap))
             if m.reference is not None:
                 r = by_name[m.reference].result.per_class[cls]
-                row.append("-" if ap != ap or r != r else f"{100 * (ap - r):+.2f}")
+                row.append("-" if math.isnan(ap) or math.isnan(r) else f"{100 * (ap - r):+.2f}")
         t.add_row(*row)
     t.add_section()
     keys = ["mAP"] if metric != "coco" else list(first.summary)
@@ -264,13 +367,15 @@ def _print(con: Any, report: dict[str, Any], metric: str) -> None:
             if m.reference is not None:
                 r = by_name[m.reference].result
                 rv = r.map if key == "mAP" else r.summary[key]
-                row.append("-" if val != val or rv != rv else f"{100 * (val - rv):+.2f}")
+                row.append("-" if math.isnan(val) or math.isnan(rv) else f"{100 * (val - rv):+.2f}")
         t.add_row(*row)
     con.print(t)
-    con.print(f"metric: {METRIC_TITLES[metric]}")
+    con.print(f"metric: {models[0].result.title}")
     for x in report["verdicts"]:
         state = "[green]ok[/green]" if x.passed else "[red]FAIL[/red]"
-        con.print(f"{x.artifact} vs {x.reference}: {x.delta_points:+.4f} AP points (max drop {x.max_drop}) {state}")
+        con.print(
+            f"{x.artifact} vs {x.reference}: {x.delta_points:+.4f} AP points (max drop {x.max_drop}) {state}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

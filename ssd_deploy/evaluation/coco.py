@@ -55,7 +55,11 @@ def evaluate_coco(dataset: EvalDataset, dets: DetectionSet, gt: Any = None) -> M
             dt = gt.loadRes(results)
         else:  # loadRes refuses an empty list; no detections score 0, not an error
             dt = type(gt)()
-            dt.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []}
+            dt.dataset = {
+                "images": gt.dataset["images"],
+                "categories": gt.dataset["categories"],
+                "annotations": [],
+            }
             dt.createIndex()
         ev = COCOeval(gt, dt, "bbox")
         ev.params.imgIds = img_ids

@@ -19,9 +19,10 @@ import json
 import math
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -78,7 +79,7 @@ class EvalDataset:
     def index_of(self, image_id: Any) -> int | None:
         return self._index.get(image_id)
 
-    def limit(self, n: int | None) -> "EvalDataset":
+    def limit(self, n: int | None) -> EvalDataset:
         """The first ``n`` images (all when ``n`` is None)."""
         if n is None or n >= len(self.images):
             return self
@@ -96,7 +97,8 @@ class EvalDataset:
     def describe(self) -> str:
         what = f"{self.source}" + (f" ({self.split})" if self.split else "")
         n_obj = sum(len(r.labels) for r in self.images)
-        return f"{self.kind.upper()} {what}: {len(self.images)} images, {n_obj} objects, {len(self.categories)} classes"
+        return (f"{self.kind.upper()} {what}: {len(self.images)} images, {n_obj} objects, "
+                f"{len(self.categories)} classes")
 
 
 # -- parsing the --dataset spec -----------------------------------------------------------------------
@@ -104,8 +106,9 @@ def parse_dataset_spec(spec: str) -> tuple[str, Path, str | None]:
     """``voc:ROOT[:SPLIT]`` or ``coco:ANNOTATIONS.json:IMAGE_DIR`` -> ``(kind, path, split_or_image_dir)``."""
     kind, sep, rest = spec.partition(":")
     if not sep or kind not in DATASET_KINDS or not rest:
-        raise DatasetError(f"--dataset {spec!r}: expected voc:VOCdevkit/VOC2007[:test] or "
-                           "coco:ANNOTATIONS.json:IMAGE_DIR")
+        raise DatasetError(
+            f"--dataset {spec!r}: expected voc:VOCdevkit/VOC2007[:test] or coco:ANNOTATIONS.json:IMAGE_DIR"
+        )
     if kind == "voc":
         root, split = rest, None
         head, sep2, tail = rest.rpartition(":")
@@ -115,7 +118,7 @@ def parse_dataset_spec(spec: str) -> tuple[str, Path, str | None]:
     at = rest.lower().find(".json:")
     if at < 0:
         raise DatasetError(f"--dataset {spec!r}: expected coco:ANNOTATIONS.json:IMAGE_DIR")
-    return kind, Path(rest[:at + 5]), rest[at + 6:] or None
+    return kind, Path(rest[: at + 5]), rest[at + 6 :] or None
 
 
 def load_dataset(spec: str) -> EvalDataset:
@@ -158,8 +161,13 @@ def _parse_voc_xml(xml: Path, names: dict[str, int]) -> tuple[int, int, np.ndarr
         diff.append(d is not None and (d.text or "0").strip() not in ("0", ""))
         boxes.append([_xml_int(obj, f"bndbox/{k}", xml) for k in ("xmin", "ymin", "xmax", "ymax")])
         labels.append(names[name])
-    return (width, height, np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
-            np.asarray(labels, dtype=np.int64), np.asarray(diff, dtype=bool))
+    return (
+        width,
+        height,
+        np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+        np.asarray(labels, dtype=np.int64),
+        np.asarray(diff, dtype=bool),
+    )
 
 
 def load_voc(root: str | os.PathLike[str], split: str = "test") -> EvalDataset:
@@ -189,12 +197,18 @@ def load_voc(root: str | os.PathLike[str], split: str = "test") -> EvalDataset:
     images = []
     for image_id in ids:
         if f"{image_id}.jpg" not in present:
-            raise DatasetError(f"{listing}: image {image_id!r} is listed but {root / 'JPEGImages' / (image_id + '.jpg')} "
-                               "is missing")
+            raise DatasetError(
+                f"{listing}: image {image_id!r} is listed but {root / 'JPEGImages' / (image_id + '.jpg')} "
+                "is missing"
+            )
         w, h, boxes, labels, diff = _parse_voc_xml(root / "Annotations" / f"{image_id}.xml", names)
-        images.append(ImageRecord(image_id, root / "JPEGImages" / f"{image_id}.jpg", w, h, boxes, labels, diff))
+        images.append(
+            ImageRecord(image_id, root / "JPEGImages" / f"{image_id}.jpg", w, h, boxes, labels, diff)
+        )
     year = root.name[3:] if root.name.startswith("VOC") and root.name[3:].isdigit() else None
-    return EvalDataset("voc", root, images, {i + 1: n for i, n in enumerate(VOC_CLASSES)}, split=split, year=year)
+    return EvalDataset(
+        "voc", root, images, {i + 1: n for i, n in enumerate(VOC_CLASSES)}, split=split, year=year
+    )
 
 
 # -- COCO -----------------------------------------------------------------------------------------------
@@ -209,13 +223,22 @@ def load_coco(annotations: str | os.PathLike[str], image_dir: str | os.PathLike[
         data = json.loads(ann_path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{ann_path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
-        raise DatasetError(f"{ann_path}: not a COCO instances file (needs 'images', 'annotations' and 'categories' lists)")
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
+    ):
+        raise DatasetError(
+            f"{ann_path}: not a COCO instances file (needs 'images', 'annotations' and 'categories' lists)"
+        )
     try:
         categories = {int(c["id"]): str(c["name"]) for c in data["categories"]}
-        metas = [(int(im["id"]), str(im["file_name"]), int(im["width"]), int(im["height"])) for im in data["images"]]
+        metas = [
+            (int(im["id"]), str(im["file_name"]), int(im["width"]), int(im["height"]))
+            for im in data["images"]
+        ]
     except (KeyError, TypeError, ValueError) as e:
-        raise DatasetError(f"{ann_path}: malformed image or category entry ({type(e).__name__}: {e})") from None
+        raise DatasetError(
+            f"{ann_path}: malformed image or category entry ({type(e).__name__}: {e})"
+        ) from None
     if not metas:
         raise DatasetError(f"{ann_path}: lists no images")
     per_image: dict[int, list[tuple[list[float], int, bool]]] = {m[0]: [] for m in metas}
@@ -241,8 +264,17 @@ def load_coco(annotations: str | os.PathLike[str], image_dir: str | os.PathLike[
         anns = per_image[image_id]
         xywh = np.asarray([b for b, _, _ in anns], dtype=np.float64).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        images.append(ImageRecord(image_id, path, w, h, boxes, np.asarray([c for _, c, _ in anns], dtype=np.int64),
-                                  np.asarray([d for _, _, d in anns], dtype=bool)))
+        images.append(
+            ImageRecord(
+                image_id,
+                path,
+                w,
+                h,
+                boxes,
+                np.asarray([c for _, c, _ in anns], dtype=np.int64),
+                np.asarray([d for _, _, d in anns], dtype=bool),
+            )
+        )
     return EvalDataset("coco", ann_path, images, categories)
 
 
@@ -263,8 +295,10 @@ def label_map(model_class_names: Sequence[str], dataset: EvalDataset) -> np.ndar
     out = np.full(len(names), -1, dtype=np.int64)
     if dataset.kind == "coco" and len(names) >= 81 and tuple(names[1:81]) == COCO_CLASSES:
         out[1:81] = COCO_CATEGORY_IDS
-    elif dataset.kind == "coco" and len(names) == 91 and all(
-        names[cid] == COCO_CLASSES[i] for i, cid in enumerate(COCO_CATEGORY_IDS)
+    elif (
+        dataset.kind == "coco"
+        and len(names) == 91
+        and all(names[cid] == COCO_CLASSES[i] for i, cid in enumerate(COCO_CATEGORY_IDS))
     ):  # torchvision
         out[list(COCO_CATEGORY_IDS)] = COCO_CATEGORY_IDS
     else:
@@ -273,8 +307,10 @@ def label_map(model_class_names: Sequence[str], dataset: EvalDataset) -> np.ndar
             out[i] = by_name.get(_norm(n), -1)
     out[out >= 0] = np.where(np.isin(out[out >= 0], list(dataset.categories)), out[out >= 0], -1)
     if not (out >= 0).any():
-        raise DatasetError(f"{dataset.source}: none of the model's classes ({', '.join(names[1:6])}, ...) "
-                           "is a class of this dataset")
+        raise DatasetError(
+            f"{dataset.source}: none of the model's classes ({', '.join(names[1:6])}, ...) "
+            "is a class of this dataset"
+        )
     return out
 
 
@@ -292,20 +328,24 @@ class DetectionSet:
         return int(self.scores.shape[0])
 
     @classmethod
-    def empty(cls) -> "DetectionSet":
+    def empty(cls) -> DetectionSet:
         return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4)))
 
     @classmethod
-    def concat(cls, parts: Sequence["DetectionSet"]) -> "DetectionSet":
+    def concat(cls, parts: Sequence[DetectionSet]) -> DetectionSet:
         if not parts:
             return cls.empty()
-        return cls(*(np.concatenate([getattr(p, f) for p in parts])
-                     for f in ("image_index", "labels", "scores", "boxes")))
+        return cls(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("image_index", "labels", "scores", "boxes")
+            )
+        )
 
-    def select(self, mask: np.ndarray) -> "DetectionSet":
+    def select(self, mask: np.ndarray) -> DetectionSet:
         return DetectionSet(self.image_index[mask], self.labels[mask], self.scores[mask], self.boxes[mask])
 
-    def for_image(self, index: int) -> "DetectionSet":
+    def for_image(self, index: int) -> DetectionSet:
         return self.select(self.image_index == index)
 
     def check_finite(self, what: str) -> None:
@@ -371,8 +411,10 @@ def detections_to_json(dets: DetectionSet, dataset: EvalDataset) -> list[dict[st
     xywh = np.concatenate([dets.boxes[:, :2], dets.boxes[:, 2:] - dets.boxes[:, :2]], axis=1)
     xywh = np.round(xywh, 2).tolist()
     scores = np.round(dets.scores, 6).tolist()
-    return [{"image_id": ids[i], "category_id": c, "bbox": b, "score": s}
-            for i, c, b, s in zip(dets.image_index.tolist(), dets.labels.tolist(), xywh, scores)]
+    return [
+        {"image_id": ids[i], "category_id": c, "bbox": b, "score": s}
+        for i, c, b, s in zip(dets.image_index.tolist(), dets.labels.tolist(), xywh, scores)
+    ]
 
 
 def write_detections(path: str | os.PathLike[str], dets: DetectionSet, dataset: EvalDataset) -> Path:

@@ -12,9 +12,9 @@ import html
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -55,7 +55,9 @@ def gallery_problem(folder: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def compare_images(dataset: EvalDataset, ref: DetectionSet, art: DetectionSet, min_score: float = 0.3) -> list[ImageDiff]:
+def compare_images(
+    dataset: EvalDataset, ref: DetectionSet, art: DetectionSet, min_score: float = 0.3
+) -> list[ImageDiff]:
     """Per-image agreement of ``art`` with ``ref`` (detections scoring >= ``min_score``)."""
     from ..check import match_detections
 
@@ -66,8 +68,8 @@ def compare_images(dataset: EvalDataset, ref: DetectionSet, art: DetectionSet, m
     r_bounds = np.searchsorted(ref.image_index[r_order], np.arange(len(dataset.images) + 1))
     a_bounds = np.searchsorted(art.image_index[a_order], np.arange(len(dataset.images) + 1))
     for i in range(len(dataset.images)):
-        r = ref.select(r_order[r_bounds[i]:r_bounds[i + 1]])
-        a = art.select(a_order[a_bounds[i]:a_bounds[i + 1]])
+        r = ref.select(r_order[r_bounds[i] : r_bounds[i + 1]])
+        a = art.select(a_order[a_bounds[i] : a_bounds[i + 1]])
         if not len(r) and not len(a):
             continue
         tot = ImageDiff(i, 0, 0, 0, 0.0, 0.0)
@@ -87,12 +89,18 @@ def compare_images(dataset: EvalDataset, ref: DetectionSet, art: DetectionSet, m
 def _image_detections(dets: DetectionSet, dataset: EvalDataset, size: tuple[int, int]) -> ImageDetections:
     names = tuple(dataset.categories.get(int(c), str(c)) for c in dets.labels)
     order = np.argsort(-dets.scores, kind="stable")
-    return ImageDetections(dets.boxes[order].astype(np.float32), dets.scores[order].astype(np.float32),
-                           dets.labels[order].astype(np.int64), tuple(names[i] for i in order), size)
+    return ImageDetections(
+        dets.boxes[order].astype(np.float32),
+        dets.scores[order].astype(np.float32),
+        dets.labels[order].astype(np.int64),
+        tuple(names[i] for i in order),
+        size,
+    )
 
 
-def _panel(rgb: np.ndarray, dets: ImageDetections, gt_boxes: np.ndarray, gt_difficult: np.ndarray,
-           title: str) -> Image.Image:
+def _panel(
+    rgb: np.ndarray, dets: ImageDetections, gt_boxes: np.ndarray, gt_difficult: np.ndarray, title: str
+) -> Image.Image:
     from ..draw import draw_detections
 
     im = draw_detections(rgb, dets)
@@ -127,12 +135,25 @@ def write_gallery(
                 rgb = load_image(rec.path)
                 size = (int(rgb.shape[1]), int(rgb.shape[0]))
                 gt = rec.boxes - (1.0 if dataset.kind == "voc" else 0.0)  # devkit frame -> pixels
-                left = _panel(rgb, _image_detections(ref.for_image(diff.index).select(
-                    ref.for_image(diff.index).scores >= min_score), dataset, size), gt, rec.difficult,
-                    f"reference: {ref_name}")
+                left = _panel(
+                    rgb,
+                    _image_detections(
+                        ref.for_image(diff.index).select(ref.for_image(diff.index).scores >= min_score),
+                        dataset,
+                        size,
+                    ),
+                    gt,
+                    rec.difficult,
+                    f"reference: {ref_name}",
+                )
                 a = art.for_image(diff.index)
-                right = _panel(rgb, _image_detections(a.select(a.scores >= min_score), dataset, size), gt,
-                               rec.difficult, f"artifact: {art_name}")
+                right = _panel(
+                    rgb,
+                    _image_detections(a.select(a.scores >= min_score), dataset, size),
+                    gt,
+                    rec.difficult,
+                    f"artifact: {art_name}",
+                )
                 both = Image.new("RGB", (left.width + right.width + 6, left.height), (40, 40, 40))
                 both.paste(left, (0, 0))
                 both.paste(right, (left.width + 6, 0))
@@ -157,11 +178,11 @@ def _index_html(rows: list[tuple[str, str, object, ImageDiff, str]], min_score: 
     body = "\n".join(
         f"<tr><td>{e(a)}</td><td>{e(r)}</td><td>{e(str(i))}</td><td>{d.missing}</td><td>{d.extra}</td>"
         f"<td>{d.matched}</td><td>{d.score_delta_max:.4f}</td><td>{d.score_delta_sum:.4f}</td>"
-        f"<td><a href=\"{e(p)}\"><img src=\"{e(p)}\" height=\"160\"></a></td></tr>"
+        f'<td><a href="{e(p)}"><img src="{e(p)}" height="160"></a></td></tr>'
         for a, r, i, d, p in rows
     )
     return (
-        "<!doctype html><meta charset=\"utf-8\"><title>ssd-eval mismatch gallery</title>\n"
+        '<!doctype html><meta charset="utf-8"><title>ssd-eval mismatch gallery</title>\n'
         "<style>body{font-family:sans-serif}td,th{padding:2px 8px;border-bottom:1px solid #ccc}</style>\n"
         f"<h1>ssd-eval mismatch gallery</h1><p>Detections scoring &ge; {min_score}, paired per class at "
         "IoU &ge; 0.5. Missing: in the reference, not in the artifact; extra: the other way round. "

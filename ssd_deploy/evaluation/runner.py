@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,11 +29,15 @@ DEFAULT_MAX_DROP = {"fp32": 0.05, "fp16": 0.5, "mixed": 0.5, "int8": 0.5}
 Progress = Callable[[int], None]
 
 
-def eval_params(det: Detector, conf_thresh: float | None = None, top_k: int | None = None,
-                nms_thresh: float | None = None) -> DetectParams:
+def eval_params(
+    det: Detector, conf_thresh: float | None = None, top_k: int | None = None, nms_thresh: float | None = None
+) -> DetectParams:
     """The artifact's Detect settings with the evaluation thresholds (overridable)."""
-    return det.params.replace(conf_thresh=EVAL_CONF_THRESH if conf_thresh is None else conf_thresh,
-                              top_k=EVAL_TOP_K if top_k is None else top_k, nms_thresh=nms_thresh)
+    return det.params.replace(
+        conf_thresh=EVAL_CONF_THRESH if conf_thresh is None else conf_thresh,
+        top_k=EVAL_TOP_K if top_k is None else top_k,
+        nms_thresh=nms_thresh,
+    )
 
 
 def run_detector(
@@ -45,29 +50,39 @@ def run_detector(
     parts = []
     recs = dataset.images
     for lo in range(0, len(recs), batch):
-        chunk = recs[lo:lo + batch]
+        chunk = recs[lo : lo + batch]
         x, sizes = preprocess([r.path for r in chunk], det.config)
         loc, conf = det.infer(x)
         if not (np.isfinite(loc).all() and np.isfinite(conf).all()):
-            raise ValueError(f"{det.backend.path}: non-finite network outputs on {chunk[0].path} .. {chunk[-1].path}")
+            raise ValueError(
+                f"{det.backend.path}: non-finite network outputs on {chunk[0].path} .. {chunk[-1].path}"
+            )
         for k, res in enumerate(det.postprocess(loc, conf, sizes, params)):
             labels = lmap[res.class_ids]
             keep = labels >= 0
             n = int(keep.sum())
-            parts.append(DetectionSet(np.full(n, lo + k, np.int64), labels[keep],
-                                      res.scores[keep].astype(np.float64), res.boxes[keep].astype(np.float64)))
+            parts.append(
+                DetectionSet(
+                    np.full(n, lo + k, np.int64),
+                    labels[keep],
+                    res.scores[keep].astype(np.float64),
+                    res.boxes[keep].astype(np.float64),
+                )
+            )
         if progress is not None:
             progress(len(chunk))
     return DetectionSet.concat(parts)
 
 
-def evaluate(dataset: EvalDataset, dets: DetectionSet, metric: str, coco_gt: Any = None) -> MetricResult:
+def evaluate(
+    dataset: EvalDataset, dets: DetectionSet, metric: str, coco_gt: Any = None, voc_convention: str = "devkit"
+) -> MetricResult:
     """Score ``dets`` with ``metric`` (``voc07``, ``voc12`` or ``coco``)."""
     if metric == "coco":
         from .coco import evaluate_coco
 
         return evaluate_coco(dataset, dets, coco_gt)
-    return evaluate_voc(dataset, dets, metric)
+    return evaluate_voc(dataset, dets, metric, convention=voc_convention)
 
 
 def reference_detector(det: Detector, reference: str | os.PathLike[str] | None) -> Detector | None:
@@ -107,9 +122,16 @@ class ModelResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.path, "precision": self.precision, "backend": self.backend,
-                "reference": self.reference, "detections": len(self.detections),
-                "seconds": round(self.seconds, 3), **self.result.to_dict()}
+        return {
+            "name": self.name,
+            "path": self.path,
+            "precision": self.precision,
+            "backend": self.backend,
+            "reference": self.reference,
+            "detections": len(self.detections),
+            "seconds": round(self.seconds, 3),
+            **self.result.to_dict(),
+        }
 
 
 @dataclass
@@ -124,8 +146,13 @@ class Verdict:
         return not (-self.delta_points > self.max_drop)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"artifact": self.artifact, "reference": self.reference, "delta_ap_points": self.delta_points,
-                "max_drop": self.max_drop, "passed": self.passed}
+        return {
+            "artifact": self.artifact,
+            "reference": self.reference,
+            "delta_ap_points": self.delta_points,
+            "max_drop": self.max_drop,
+            "passed": self.passed,
+        }
 
 
 def verdict(artifact: ModelResult, reference: ModelResult, max_drop: float | None) -> Verdict:
