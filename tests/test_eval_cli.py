@@ -40,6 +40,7 @@ def artifacts(ssd300_onnx, data, tmp_path_factory) -> dict[str, Path]:
     return {"fp32": ssd300_onnx, "fp16": fp16.output, "int8": int8.output}
 
 
+@pytest.mark.slow
 def test_fp32_fp16_int8_beside_the_reference(artifacts, data, tmp_path, capsys):
     report, saved, gallery = tmp_path / "r.json", tmp_path / "dets.json", tmp_path / "gallery"
     rc = main(

@@ -23,6 +23,9 @@ from ..errors import InputError
 from ..runtime import ImageDetections
 from .datasets import DetectionSet, EvalDataset
 
+#: Panels narrower than this are enlarged by an integer factor.
+_MIN_PANEL_WIDTH = 480
+
 
 @dataclass
 class ImageDiff:
@@ -134,26 +137,18 @@ def write_gallery(
                 rec = dataset.images[diff.index]
                 rgb = load_image(rec.path)
                 size = (int(rgb.shape[1]), int(rgb.shape[0]))
-                gt = rec.boxes - (1.0 if dataset.kind == "voc" else 0.0)  # devkit frame -> pixels
-                left = _panel(
-                    rgb,
-                    _image_detections(
-                        ref.for_image(diff.index).select(ref.for_image(diff.index).scores >= min_score),
-                        dataset,
-                        size,
-                    ),
-                    gt,
-                    rec.difficult,
-                    f"reference: {ref_name}",
-                )
-                a = art.for_image(diff.index)
-                right = _panel(
-                    rgb,
-                    _image_detections(a.select(a.scores >= min_score), dataset, size),
-                    gt,
-                    rec.difficult,
-                    f"artifact: {art_name}",
-                )
+                # small images are enlarged so that labels stay readable (boxes scaled alike)
+                zoom = max(1, int(np.ceil(_MIN_PANEL_WIDTH / size[0])))
+                view = rgb.repeat(zoom, axis=0).repeat(zoom, axis=1) if zoom > 1 else rgb
+                gt = (rec.boxes - (1.0 if dataset.kind == "voc" else 0.0)) * zoom  # devkit frame -> pixels
+                panels = []
+                for dets, title in ((ref, f"reference: {ref_name}"), (art, f"artifact: {art_name}")):
+                    d = dets.for_image(diff.index)
+                    d = d.select(d.scores >= min_score)
+                    d = DetectionSet(d.image_index, d.labels, d.scores, d.boxes * zoom)
+                    shown = _image_detections(d, dataset, (view.shape[1], view.shape[0]))
+                    panels.append(_panel(view, shown, gt, rec.difficult, title))
+                left, right = panels
                 both = Image.new("RGB", (left.width + right.width + 6, left.height), (40, 40, 40))
                 both.paste(left, (0, 0))
                 both.paste(right, (left.width + 6, 0))
