@@ -209,6 +209,14 @@ def test_bad_input_is_one_line_exit_2_nothing_written(data, tmp_path, capsys, ss
         eng + ["--dataset", f"voc:{data['voc']}", "--metric", "coco"],
         "needs a COCO dataset",
     )
+    import onnx
+
+    from ssd_deploy.quantize.testing import tiny_ssd
+
+    tiny = tmp_path / "tiny.onnx"  # its metadata names no weights
+    onnx.save(tiny_ssd(), str(tiny))
+    ds = ["--dataset", f"voc:{data['voc']}"]
+    _bad(tmp_path, capsys, ["--engine", str(tiny)] + ds, "pass --reference CHECKPOINT")
     full = tmp_path / "full"
     full.mkdir()
     (full / "x").write_text("")

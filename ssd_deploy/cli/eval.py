@@ -9,6 +9,7 @@ dropped more; 2: bad input; 130: interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..contract import artifact_kind, describe_suffixes
-from ..errors import EXIT_CHECK_FAILED, EXIT_OK, InputError
+from ..errors import EXIT_CHECK_FAILED, EXIT_OK, InputError, one_line
 from . import common
 
 
@@ -250,6 +251,7 @@ def execute(args: argparse.Namespace) -> int:
 def _run_models(args: argparse.Namespace, v: dict[str, Any], con: Any, coco_gt: Any) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ..evaluation.datasets import label_map
     from ..evaluation.runner import (
         ModelResult,
         eval_params,
@@ -260,7 +262,7 @@ def _run_models(args: argparse.Namespace, v: dict[str, Any], con: Any, coco_gt: 
         unique_names,
         verdict,
     )
-    from ..runtime import Detector
+    from ..runtime import BackendError, Detector
 
     dataset, metric = v["dataset"], v["metric"]
     names = unique_names(v["engines"])
@@ -290,32 +292,42 @@ def _run_models(args: argparse.Namespace, v: dict[str, Any], con: Any, coco_gt: 
             name, path, det.backend.precision, det.backend.name, scored, dets, seconds=time.perf_counter() - t
         )
 
-    with prog:
+    with contextlib.ExitStack() as stack:
+        # Open every artifact and resolve every reference first: a reference that cannot be built is
+        # bad input to report before any model has run.
+        opened = []
+        ref_dets: dict[str, Any] = {}  # reference key -> its Detector (one run per distinct reference)
         for path, name in zip(v["engines"], names):
             kind = artifact_kind(path)
-            opts = {"device": args.device} if kind == "onnx" and args.device not in ("auto",) else {}
+            opts = {"device": args.device} if kind == "onnx" and args.device != "auto" else {}
             det = Detector.load(path, **opts)
+            stack.callback(det.close)
+            label_map(det.config.class_names, dataset)  # no class in common: bad input, before any run
             try:
-                res = score(det, name, path)
                 ref = reference_detector(det, args.reference)
-            finally:
-                det.close()
-            models.append(res)
-            artifacts.append(name)
-            if ref is None:
-                continue
-            try:
+            except BackendError as e:
+                raise BackendError(one_line(e).replace("--weights", "--reference")) from None
+            key = None
+            if ref is not None:
                 key = reference_key(ref)
-                if key not in refs:
-                    ref_name = f"reference ({Path(ref.backend.path).name})"
-                    ref_res = score(ref, ref_name, ref.backend.path)
-                    refs[key] = ref_name
-                    models.insert(0, ref_res)
-            finally:
-                ref.close()
-            res.reference = refs[key]
-            ref_entry = next(m for m in models if m.name == refs[key])
-            verdicts.append(verdict(res, ref_entry, args.max_drop))
+                if key in ref_dets:
+                    ref.close()
+                else:
+                    stack.callback(ref.close)
+                    ref_dets[key] = ref
+            opened.append((path, name, det, key))
+        with prog:
+            for key, ref in ref_dets.items():
+                refs[key] = f"reference ({Path(ref.backend.path).name})"
+                models.append(score(ref, refs[key], ref.backend.path))
+            for path, name, det, key in opened:
+                res = score(det, name, path)
+                models.append(res)
+                artifacts.append(name)
+                if key is not None:
+                    res.reference = refs[key]
+                    ref_entry = next(m for m in models if m.name == refs[key])
+                    verdicts.append(verdict(res, ref_entry, args.max_drop))
     return {
         "dataset": dataset.describe(),
         "metric": metric,

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..config import DetectParams
 from ..preprocess import preprocess
-from ..runtime import Detector
+from ..runtime import BackendError, Detector
 from .datasets import DetectionSet, EvalDataset, label_map
 from .voc import MetricResult, evaluate_voc
 
@@ -54,7 +54,7 @@ def run_detector(
         x, sizes = preprocess([r.path for r in chunk], det.config)
         loc, conf = det.infer(x)
         if not (np.isfinite(loc).all() and np.isfinite(conf).all()):
-            raise ValueError(
+            raise BackendError(
                 f"{det.backend.path}: non-finite network outputs on {chunk[0].path} .. {chunk[-1].path}"
             )
         for k, res in enumerate(det.postprocess(loc, conf, sizes, params)):
