@@ -348,10 +348,6 @@ class DetectionSet:
     def for_image(self, index: int) -> DetectionSet:
         return self.select(self.image_index == index)
 
-    def check_finite(self, what: str) -> None:
-        if not (np.isfinite(self.scores).all() and np.isfinite(self.boxes).all()):
-            raise DatasetError(f"{what}: detections contain non-finite scores or boxes")
-
 
 def read_detections(path: str | os.PathLike[str], dataset: EvalDataset) -> DetectionSet:
     """A COCO results file (``[{image_id, category_id, bbox [x, y, w, h], score}, ...]``) for ``dataset``.
