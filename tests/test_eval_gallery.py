@@ -21,7 +21,8 @@ def case(tmp_path: Path):
         n = len(rec.labels)
         boxes = rec.boxes - 1.0  # devkit frame -> model frame: exact copies of the ground truth
         ref.append(DetectionSet(np.full(n, i), rec.labels, np.full(n, 0.9), boxes))
-        drop = min(i, n)  # image i: the artifact misses its first i objects and scores the rest 0.1 lower
+        # image i: the artifact misses its first i objects and scores the rest 0.1 lower
+        drop = min(i, n)
         art.append(DetectionSet(np.full(n - drop, i), rec.labels[drop:], np.full(n - drop, 0.8), boxes[drop:]))
     return ds, DetectionSet.concat(ref), DetectionSet.concat(art)
 
