@@ -23,7 +23,8 @@ def case(tmp_path: Path):
         ref.append(DetectionSet(np.full(n, i), rec.labels, np.full(n, 0.9), boxes))
         # image i: the artifact misses its first i objects and scores the rest 0.1 lower
         drop = min(i, n)
-        art.append(DetectionSet(np.full(n - drop, i), rec.labels[drop:], np.full(n - drop, 0.8), boxes[drop:]))
+        m = n - drop
+        art.append(DetectionSet(np.full(m, i), rec.labels[drop:], np.full(m, 0.8), boxes[drop:]))
     return ds, DetectionSet.concat(ref), DetectionSet.concat(art)
 
 
