@@ -211,7 +211,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(data, tmp_path, capsys, ss
     )
     import onnx
 
-    from ssd_deploy.quantize.testing import tiny_ssd
+    from quantize_models import tiny_ssd
 
     tiny = tmp_path / "tiny.onnx"  # its metadata names no weights
     onnx.save(tiny_ssd(), str(tiny))
