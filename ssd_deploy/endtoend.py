@@ -44,10 +44,10 @@ from .errors import InputError, optional_import
 from .fileio import atomic_output, output_problem
 
 __all__ = [
-    "EndToEndError",
-    "EndToEndSpec",
     "MAX_DETECTIONS",
     "MAX_TOP_K",
+    "EndToEndError",
+    "EndToEndSpec",
     "add_end_to_end",
     "build_end_to_end",
     "check_end_to_end",
@@ -353,16 +353,33 @@ def _load(path: Path) -> Any:
         raise EndToEndError(f"{path}: cannot read it as ONNX: {type(e).__name__}") from None
 
 
-def _num_priors(model: Any) -> int | None:
-    """P from the static shape of ``conf [N, P, C]``, ``None`` if not static."""
+def _conf_dim(model: Any, axis: int) -> int | None:
+    """P (``axis`` 1) or C (``axis`` 2) from the static shape of ``conf [N, P, C]``; ``None`` if unknown."""
     out = next((o for o in model.graph.output if o.name == CONF), None)
     dims = out.type.tensor_type.shape.dim if out is not None else []
-    return int(dims[1].dim_value) if len(dims) == 3 and dims[1].HasField("dim_value") else None
+    return int(dims[axis].dim_value) if len(dims) == 3 and dims[axis].HasField("dim_value") else None
+
+
+def _num_priors(model: Any) -> int | None:
+    return _conf_dim(model, 1)
 
 
 def _config_of(model: Any, source: str) -> SSDConfig:
     meta = {p.key: p.value for p in model.metadata_props}
     return SSDConfig.from_metadata(meta, source)
+
+
+def _graph_config(model: Any, source: str) -> SSDConfig:
+    """The metadata config, with the class count the graph's ``conf`` really has when it is static:
+    the in-graph Detect, like the numpy one, post-processes what the network outputs."""
+    config = _config_of(model, source)
+    c = _conf_dim(model, 2)
+    if c is None or c == config.num_classes:
+        return config
+    if c < 2:
+        raise EndToEndError(f"{source}: conf has {c} class(es); expected background + at least one class")
+    names = tuple(config.class_names[:c]) + tuple(f"class_{i}" for i in range(len(config.class_names), c))
+    return config.replace(num_classes=c, class_names=names)
 
 
 def add_end_to_end(
@@ -386,7 +403,7 @@ def add_end_to_end(
     if problem:
         raise EndToEndError(problem)
     model = _load(src)
-    config = _config_of(model, str(src))
+    config = _graph_config(model, str(src))
     spec = check_end_to_end(config, params, str(src), _num_priors(model))
     build_end_to_end(model, config, spec, str(src))
     try:
@@ -406,4 +423,4 @@ def preflight(in_path: str | os.PathLike[str], params: DetectParams | None = Non
         p.key == END_TO_END_KEY for p in model.metadata_props
     ):
         raise EndToEndError(f"{src}: already has the end-to-end outputs ({DETECTIONS}, {NUM_DETECTIONS})")
-    return check_end_to_end(_config_of(model, str(src)), params, str(src), _num_priors(model))
+    return check_end_to_end(_graph_config(model, str(src)), params, str(src), _num_priors(model))

@@ -12,7 +12,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ssd_deploy.config import DetectParams, preset
 from ssd_deploy.contract import (
-    CONFIG_KEY, DETECTIONS, END_TO_END_KEY, END_TO_END_ROW_ORDER, NUM_DETECTIONS,
+    CONFIG_KEY,
+    DETECTIONS,
+    END_TO_END_KEY,
+    END_TO_END_ROW_ORDER,
+    NUM_DETECTIONS,
 )  # fmt: skip
 from ssd_deploy.endtoend import EndToEndError, add_end_to_end, check_end_to_end, read_end_to_end
 from ssd_deploy.postprocess import detect

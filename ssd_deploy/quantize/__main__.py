@@ -13,6 +13,7 @@ import argparse
 import sys
 from typing import Any, Sequence
 
+from ..errors import InputError
 from .calibration import RECOMMENDED_IMAGES, CalibrationError
 from .fp16 import DEFAULT_MARGIN
 from .ranges import METHODS
@@ -105,6 +106,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--report", default=None, help="write the per-node / per-tensor report as JSON here")
     p.add_argument(
         "--no-verify", action="store_true", help="skip the ONNX Runtime comparison with the FP32 model"
+    )
+    p.add_argument(
+        "--end-to-end", action="store_true",
+        help="append decode + Detect in FP32 to the output: detections/num_detections (docs/end_to_end.md)",
     )
     return p.parse_args(argv)
 
@@ -204,6 +209,10 @@ def _run(args: argparse.Namespace, con: Any, err: Any) -> int:
     from .pipeline import QuantizeError, default_output, quantize_fp16, quantize_int8, write_report
 
     try:
+        if args.end_to_end:  # checked before calibration: bad input writes nothing
+            from ..endtoend import preflight
+
+            preflight(args.onnx)
         if args.calib_samples:
             images = sample_calibration_images(args.calib_count)
         else:
@@ -259,7 +268,12 @@ def _run(args: argparse.Namespace, con: Any, err: Any) -> int:
                 console=con,
                 verify=not args.no_verify,
             )
-    except (QuantizeError, CalibrationError, GraphError, OSError) as e:
+        if args.end_to_end:
+            from ..endtoend import add_end_to_end
+
+            spec = add_end_to_end(result.output, result.output)
+            con.print(f"end-to-end: detections [N, {spec.max_detections}, 6] + num_detections [N], post-process FP32")
+    except (QuantizeError, CalibrationError, GraphError, OSError, InputError) as e:
         err.print(f"[red]error:[/red] {e}", soft_wrap=True)
         return 2
 
