@@ -231,3 +231,23 @@ def test_bad_input_is_one_error_and_nothing_written(tmp):
     with pytest.raises(EndToEndError, match="already has the end-to-end outputs"):
         add_end_to_end(tmp / "ok_e2e.onnx", tmp / "twice.onnx")
     assert not (tmp / "twice.onnx").exists() and (tmp / "ok_e2e.onnx").read_bytes() == before
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+def test_non_finite_box_is_not_suppressed_in_graph(tmp):
+    """Documented difference (docs/end_to_end.md): a NaN box (exp overflow or NaN loc) is suppressed
+    by an earlier kept box in the numpy Detect (NaN IoU counts as overlap, as in ssd.pytorch) but
+    never by ONNX Runtime's NonMaxSuppression (NaN > threshold is false)."""
+    priors = np.array([[0.5, 0.5, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1]], np.float32)
+    params = DetectParams(conf_thresh=0.01, nms_thresh=0.45, top_k=10)
+    add_end_to_end(passthrough_model(tmp / "m.onnx", priors, 2, params), tmp / "e2e.onnx")
+    conf = np.array([[[0.1, 0.9], [0.2, 0.8], [0.4, 0.6]]], np.float32)
+    for bad in (np.inf, np.nan):
+        loc = np.zeros((1, 3, 4), np.float32)
+        loc[0, 1, 2] = bad  # prior 1's width becomes inf (-> x2 NaN) or NaN
+        dets, num = run_e2e(tmp / "e2e.onnx", loc, conf)
+        ref = detect(loc, conf, priors, (0.1, 0.2), params)[0]
+        np.testing.assert_array_equal(ref.scores, np.float32([0.9, 0.6]))
+        assert num[0] == 3
+        np.testing.assert_array_equal(dets[0, :3, 4], np.float32([0.9, 0.8, 0.6]))
+        assert np.isnan(dets[0, 1, 2]) and np.isfinite(dets[0, [0, 2], :4]).all()
