@@ -63,6 +63,9 @@ MAX_NMS_BOXES = 5000
 #: Largest ``D``: ``detections [N, D, 6]`` at the export's largest batch (4096) stays under 2^31
 #: elements (TensorRT's per-tensor volume limit) with D <= 65536.
 MAX_DETECTIONS = 65536
+#: Default extra candidates for :func:`_stable_top`: makes OpenVINO's unstable TopK exact unless more
+#: than this many priors of one class tie at the top_k cut; 0 turns the sub-graph off.
+DEFAULT_TIE_MARGIN = 32
 _MIN_OPSET = 13
 _P = "e2e/"  # prefix of every name this module adds
 
@@ -82,13 +85,15 @@ class EndToEndSpec:
     background_label: int
     num_classes: int
     max_detections: int  # D
+    #: Extra TopK candidates ranked by (score, prior index) for runtimes whose TopK is not stable.
+    tie_margin: int = 0
 
     def to_json(self) -> str:
         return json.dumps({
             "conf_thresh": self.conf_thresh, "nms_thresh": self.nms_thresh, "top_k": self.top_k,
             "keep_top_k": self.keep_top_k, "background_label": self.background_label,
             "num_classes": self.num_classes, "max_detections": self.max_detections,
-            "row_order": END_TO_END_ROW_ORDER, "columns": list(DETECTION_COLUMNS),
+            "tie_margin": self.tie_margin, "row_order": END_TO_END_ROW_ORDER, "columns": list(DETECTION_COLUMNS),
             "boxes": "normalised to the network input", "ties": "prior index",
         }, sort_keys=True)  # fmt: skip
 
@@ -101,7 +106,7 @@ class EndToEndSpec:
                 conf_thresh=float(d["conf_thresh"]), nms_thresh=float(d["nms_thresh"]),
                 top_k=int(d["top_k"]), keep_top_k=None if cap is None else int(cap),
                 background_label=int(d["background_label"]), num_classes=int(d["num_classes"]),
-                max_detections=int(d["max_detections"]),
+                max_detections=int(d["max_detections"]), tie_margin=int(d.get("tie_margin", 0)),
             )  # fmt: skip
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise EndToEndError(f"{source}: bad '{END_TO_END_KEY}' metadata: {type(e).__name__}: {e}") from None
@@ -126,7 +131,7 @@ def _foreground(num_classes: int, background: int) -> list[int]:
 
 def check_end_to_end(
     config: SSDConfig, params: DetectParams | None = None, source: str = "artifact",
-    num_priors: int | None = None,
+    num_priors: int | None = None, tie_margin: int = DEFAULT_TIE_MARGIN,
 ) -> EndToEndSpec:
     """The spec an end-to-end graph of ``config`` would bake in; :class:`EndToEndError` when the
     graph cannot support it (``top_k`` or ``keep_top_k`` >= 3840, or ``D`` > 65536).
@@ -137,6 +142,9 @@ def check_end_to_end(
     except ConfigError as e:
         raise EndToEndError(f"{source}: {e}") from None
     k = min(p.top_k, num_priors or config.num_priors)
+    if tie_margin < 0:
+        raise EndToEndError(f"{source}: tie_margin must be >= 0, got {tie_margin}")
+    tie_margin = min(tie_margin, max(MAX_TOP_K - k, 0))
     if k > MAX_TOP_K:
         raise EndToEndError(
             f"{source}: --end-to-end supports top_k up to {MAX_TOP_K} (TensorRT TopK takes K < 3840), got {p.top_k}"
@@ -158,6 +166,7 @@ def check_end_to_end(
     return EndToEndSpec(
         conf_thresh=p.conf_thresh, nms_thresh=p.nms_thresh, top_k=k, keep_top_k=p.keep_top_k,
         background_label=p.background_label, num_classes=config.num_classes, max_detections=d,
+        tie_margin=tie_margin,
     )  # fmt: skip
 
 
@@ -231,6 +240,32 @@ def _decode(b: _Builder, loc: str, priors: str, variances: tuple[float, float]) 
     return b.op("Concat", [mins, maxs], "boxes", axis=-1)
 
 
+def _stable_top(b: _Builder, val: str, idx: str, k_sel: int, k: int) -> tuple[str, str]:
+    """The ``k`` best of ``k_sel`` TopK results ranked by (score desc, prior index asc), in that order.
+
+    ONNX TopK orders equal values by index, but not every runtime does (OpenVINO's CPU TopK is not
+    stable): ranking a few extra candidates by both keys makes the cut and the order exact as long
+    as fewer than ``k_sel - k`` priors tie with the ``k``-th score (docs/end_to_end.md).
+    """
+    from onnx import TensorProto
+
+    vi = b.op("Unsqueeze", [val, b.i64(-1)], "vi")  # [.., K', 1]
+    vj = b.op("Unsqueeze", [val, b.i64(-2)], "vj")  # [.., 1, K']
+    ii = b.op("Unsqueeze", [idx, b.i64(-1)], "ii")
+    ij = b.op("Unsqueeze", [idx, b.i64(-2)], "ij")
+    before = b.op("Or", [b.op("Greater", [vj, vi]), b.op("And", [b.op("Equal", [vj, vi]), b.op("Less", [ij, ii])])],
+                  "before")  # fmt: skip  # [.., i, j]: does j come before i?
+    rank = b.op("ReduceSum", [b.op("Cast", [before], to=TensorProto.INT64), b.i64(-1)], "rank", keepdims=0)
+    # rank is a permutation of 0..K'-1 per row (the keys are distinct): scatter puts each in place.
+    zeros_f = b.op("Mul", [val, b.const(0.0, np.float32, "zf")])
+    zeros_i = b.op("Mul", [idx, b.const(0, np.int64, "zi")])
+    val_sorted = b.op("ScatterElements", [zeros_f, rank, val], "val_sorted", axis=-1)
+    idx_sorted = b.op("ScatterElements", [zeros_i, rank, idx], "idx_sorted", axis=-1)
+    zero, kk, axis = b.i64(0), b.i64(k), b.i64(-1)
+    return (b.op("Slice", [val_sorted, zero, kk, axis], "val_top"),
+            b.op("Slice", [idx_sorted, zero, kk, axis], "idx_top"))  # fmt: skip
+
+
 def build_end_to_end(model: Any, config: SSDConfig, spec: EndToEndSpec, source: str = "artifact") -> Any:
     """Append the end-to-end outputs to ``model`` (an ``onnx.ModelProto``, modified and returned)."""
     from onnx import TensorProto, helper
@@ -269,7 +304,10 @@ def build_end_to_end(model: Any, config: SSDConfig, spec: EndToEndSpec, source: 
     thresh = b.const(spec.conf_thresh, np.float32, "conf_thresh")
     above = b.op("Greater", [scores, thresh], "above")
     masked = b.op("Where", [above, scores, b.const(-1.0, np.float32, "minus1")], "masked")
-    top_val, top_idx = b.op("TopK", [masked, b.i64(k)], "topk", outputs=2, axis=-1, largest=1, sorted=1)
+    k_sel = min(k + spec.tie_margin, _num_priors(model) or config.num_priors) if spec.tie_margin else k
+    top_val, top_idx = b.op("TopK", [masked, b.i64(k_sel)], "topk", outputs=2, axis=-1, largest=1, sorted=1)
+    if k_sel > k:
+        top_val, top_idx = _stable_top(b, top_val, top_idx, k_sel, k)
     valid = b.op("Greater", [top_val, thresh], "valid")  # [N, C', K]: real candidates come first
 
     # 3. boxes of the candidates: flat index image * P + prior into [N * P, 4].
@@ -387,10 +425,13 @@ def add_end_to_end(
     out_path: str | os.PathLike[str] | None = None,
     *,
     params: DetectParams | None = None,
+    tie_margin: int = DEFAULT_TIE_MARGIN,
 ) -> EndToEndSpec:
     """Write an end-to-end copy of ``in_path`` to ``out_path`` (default: in place), atomically.
 
-    ``params`` overrides the Detect parameters to bake in (default: the artifact's config). Raises
+    ``params`` overrides the Detect parameters to bake in (default: the artifact's config);
+    ``tie_margin`` extra candidates are ranked by (score, prior index) in the graph (see
+    :func:`_stable_top`; 0 relies on the runtime's TopK being stable, as ONNX specifies). Raises
     :class:`EndToEndError` (nothing written) for an artifact that already has the outputs, or whose
     ``top_k``/class count would exceed the limits of :func:`check_end_to_end`.
     """
@@ -404,7 +445,7 @@ def add_end_to_end(
         raise EndToEndError(problem)
     model = _load(src)
     config = _graph_config(model, str(src))
-    spec = check_end_to_end(config, params, str(src), _num_priors(model))
+    spec = check_end_to_end(config, params, str(src), _num_priors(model), tie_margin)
     build_end_to_end(model, config, spec, str(src))
     try:
         onnx.checker.check_model(model, full_check=True)

@@ -93,14 +93,15 @@ def tmp(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("rounding", [None, 2])
-def test_random_heads_equal_numpy_detect(tmp, batch, rounding):
+@pytest.mark.parametrize("tie_margin", [0, 32])
+def test_random_heads_equal_numpy_detect(tmp, batch, rounding, tie_margin):
     rng = np.random.default_rng(batch * 10 + (rounding or 0))
     p, c = 500, 21
     params = DetectParams(conf_thresh=0.05, nms_thresh=0.45, top_k=30)
     priors = random_priors(rng, p)
     src = passthrough_model(tmp / "m.onnx", priors, c, params)
-    spec = add_end_to_end(src, tmp / "e2e.onnx")
-    assert spec.max_detections == 20 * 30
+    spec = add_end_to_end(src, tmp / "e2e.onnx", tie_margin=tie_margin)
+    assert spec.max_detections == 20 * 30 and spec.tie_margin == tie_margin
     loc = rng.normal(0, 1, (batch, p, 4)).astype(np.float32)
     conf = softmax(rng.normal(0, 2, (batch, p, c)))
     if rounding is not None:  # many exactly equal scores: ties at the top_k cut and inside NMS
@@ -110,7 +111,8 @@ def test_random_heads_equal_numpy_detect(tmp, batch, rounding):
     assert_same_as_numpy(dets, num, detect(loc, conf, priors, (0.1, 0.2), params))
 
 
-def test_equal_scores_resolved_by_prior_index_at_cut_and_in_nms(tmp):
+@pytest.mark.parametrize("tie_margin", [0, 32])
+def test_equal_scores_resolved_by_prior_index_at_cut_and_in_nms(tmp, tie_margin):
     """50 priors, one class, all with the same score, top_k 10: the numpy Detect takes priors 0..9
     (stable by prior index) and NMS keeps the lower index of each overlapping equal-score pair."""
     p = 50
@@ -120,7 +122,7 @@ def test_equal_scores_resolved_by_prior_index_at_cut_and_in_nms(tmp):
     priors = np.stack([cx, np.full(p, 0.5), np.full(p, 0.05), np.full(p, 0.05)], 1).astype(np.float32)
     params = DetectParams(conf_thresh=0.01, nms_thresh=0.45, top_k=10)
     src = passthrough_model(tmp / "m.onnx", priors, 2, params)
-    add_end_to_end(src, tmp / "e2e.onnx")
+    add_end_to_end(src, tmp / "e2e.onnx", tie_margin=tie_margin)
     loc = np.zeros((1, p, 4), np.float32)
     conf = np.zeros((1, p, 2), np.float32)
     conf[..., 1] = 0.5
@@ -143,7 +145,8 @@ def test_iou_equal_to_threshold_does_not_suppress(tmp):
     conf = np.array([[[0.1, 0.9], [0.2, 0.8], [0.3, 0.7]]], np.float32)
     dets, num = run_e2e(tmp / "e2e.onnx", loc, conf)
     ref = detect(loc, conf, priors, (0.1, 0.2), params)
-    assert len(ref[0]) == 2  # box 3 (IoU 1/1.8 > 0.5 with box 1) goes, box 2 (IoU == 0.5) stays
+    # Box 2 (IoU == 0.5 with box 1) stays and then suppresses box 3 (IoU 0.9 with box 2).
+    np.testing.assert_array_equal(ref[0].scores, np.float32([0.9, 0.8]))
     assert_same_as_numpy(dets, num, ref)
 
 
