@@ -188,6 +188,8 @@ class EngineFacts:
     opt_batch: int | None = None
     profile_index: int | None = None
     notes: list[str] = field(default_factory=list)
+    #: Detect baked into the graph (docs/end_to_end.md): the repository is then the engine alone.
+    end_to_end: Any = None
 
     @property
     def input_dims(self) -> list[int]:
@@ -297,10 +299,16 @@ def _onnx_facts(path: Path, max_batch: int | None) -> EngineFacts:
             f"{path}: the batch dimension is fixed to {shape[0]}; Triton batching needs a dynamic "
             "batch (python -m ssd_deploy.export writes one)"
         )
+    from ..endtoend import read_end_to_end
+
+    try:
+        baked = read_end_to_end(meta, str(path)) if "detections" in outputs else None
+    except ConfigError as e:
+        raise TritonError(str(e)) from None
     return EngineFacts(
         path=path, platform="onnxruntime_onnx", config=config,
         precision=meta.get("ssd_deploy.precision", "fp32"), input_name="images",
-        output_names=("loc", "conf"), max_batch=max_batch or 8,
+        output_names=("loc", "conf"), max_batch=max_batch or 8, end_to_end=baked,
     )  # fmt: skip
 
 
@@ -441,6 +449,22 @@ class RepositoryReport:
     validated: bool
 
 
+def _end_to_end_config(facts: EngineFacts, opts: RepoOptions) -> dict[str, Any]:
+    """The single model of an end-to-end artifact: preprocessed images in, detections out.
+
+    ``num_detections`` is ``[N]``: Triton declares a batch-only tensor as ``dims [1]`` reshaped to
+    ``[]``. ``loc``/``conf`` stay available; ``priors`` (no batch dimension) is not declared.
+    """
+    cfg = _engine_config(facts, opts)
+    d = facts.end_to_end.max_detections
+    cfg["name"] = opts.name
+    cfg["output"] = cfg["output"] + [
+        _tensor("detections", "TYPE_FP32", [d, 6]),
+        {**_tensor("num_detections", "TYPE_INT32", [1]), "reshape": {"shape": []}},
+    ]
+    return cfg
+
+
 def _header(facts: EngineFacts) -> str:
     return (f"# Written by python -m ssd_deploy.triton from {facts.path.name} "
             f"({facts.config.name}, {facts.precision}); regenerate rather than edit.\n")  # fmt: skip
@@ -483,12 +507,21 @@ def generate(
     if out.exists() and not out.is_dir():
         raise TritonError(f"{out}: exists and is not a folder")
 
-    configs = {
-        f"{opts.name}_engine": _engine_config(facts, opts),
-        f"{opts.name}_preprocess": _python_config(f"{opts.name}_preprocess", "preprocess", facts, opts),
-        f"{opts.name}_postprocess": _python_config(f"{opts.name}_postprocess", "postprocess", facts, opts),
-        opts.name: _ensemble_config(facts, opts),
-    }
+    if facts.end_to_end is not None:
+        if opts.detect_overrides:
+            raise TritonError(
+                f"{facts.path}: Detect is baked into this end-to-end artifact; re-export it with the "
+                "parameters wanted instead of overriding them here"
+            )
+        # One model, no Python backend: the engine itself returns the detections.
+        configs = {opts.name: _end_to_end_config(facts, opts)}
+    else:
+        configs = {
+            f"{opts.name}_engine": _engine_config(facts, opts),
+            f"{opts.name}_preprocess": _python_config(f"{opts.name}_preprocess", "preprocess", facts, opts),
+            f"{opts.name}_postprocess": _python_config(f"{opts.name}_postprocess", "postprocess", facts, opts),
+            opts.name: _ensemble_config(facts, opts),
+        }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
