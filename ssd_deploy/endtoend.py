@@ -1,7 +1,7 @@
 """End-to-end artifacts: decode + Detect appended to an ssd_deploy ONNX graph (docs/end_to_end.md).
 
 :func:`add_end_to_end` takes an FP32, FP16 or INT8 (Q/DQ) ssd_deploy ONNX file with outputs
-``loc``/``conf``/``priors`` and appends, with standard ONNX ops only (opset >= 13), the numpy
+``loc``/``conf`` (and ``priors``; without it the config's priors are baked in) and appends, with standard ONNX ops only (opset >= 13), the numpy
 Detect of :mod:`ssd_deploy.postprocess`:
 
 1. decode every prior in FP32, operation by operation as :func:`ssd_deploy.ops.boxes.decode`;
@@ -67,6 +67,7 @@ MAX_DETECTIONS = 65536
 #: than this many priors of one class tie at the top_k cut; 0 turns the sub-graph off.
 DEFAULT_TIE_MARGIN = 32
 _MIN_OPSET = 13
+_FLOAT_EXACT = 1 << 24  # integers up to here are exact in float32
 _P = "e2e/"  # prefix of every name this module adds
 
 
@@ -145,6 +146,8 @@ def check_end_to_end(
     if tie_margin < 0:
         raise EndToEndError(f"{source}: tie_margin must be >= 0, got {tie_margin}")
     tie_margin = min(tie_margin, max(MAX_TOP_K - k, 0))
+    if tie_margin and (k + tie_margin) * (num_priors or config.num_priors) >= _FLOAT_EXACT:
+        tie_margin = 0  # the float32 tie key would not be exact: rely on the runtime's TopK order
     if k > MAX_TOP_K:
         raise EndToEndError(
             f"{source}: --end-to-end supports top_k up to {MAX_TOP_K} (TensorRT TopK takes K < 3840), got {p.top_k}"
@@ -240,30 +243,28 @@ def _decode(b: _Builder, loc: str, priors: str, variances: tuple[float, float]) 
     return b.op("Concat", [mins, maxs], "boxes", axis=-1)
 
 
-def _stable_top(b: _Builder, val: str, idx: str, k_sel: int, k: int) -> tuple[str, str]:
-    """The ``k`` best of ``k_sel`` TopK results ranked by (score desc, prior index asc), in that order.
+def _stable_top(b: _Builder, val: str, idx: str, k_sel: int, k: int, num_priors: int) -> tuple[str, str]:
+    """The ``k`` best of ``k_sel`` TopK results by (score desc, prior index asc), in that order.
 
     ONNX TopK orders equal values by index, but not every runtime does (OpenVINO's CPU TopK is not
-    stable): ranking a few extra candidates by both keys makes the cut and the order exact as long
-    as fewer than ``k_sel - k`` priors tie with the ``k``-th score (docs/end_to_end.md).
+    stable). The values TopK returns are right and sorted; only the indices inside a run of equal
+    values may be permuted, and at the cut an arbitrary subset of a tied run may be chosen. So: number
+    the runs (a cumulative sum of "value changed"), and take the ``k`` smallest of the float32 key
+    ``run * P + index``, all distinct and exact below 2^24 (checked by :func:`check_end_to_end`).
+    Exact as long as fewer than ``k_sel - k`` priors tie with the ``k``-th score (docs/end_to_end.md).
     """
     from onnx import TensorProto
 
-    vi = b.op("Unsqueeze", [val, b.i64(-1)], "vi")  # [.., K', 1]
-    vj = b.op("Unsqueeze", [val, b.i64(-2)], "vj")  # [.., 1, K']
-    ii = b.op("Unsqueeze", [idx, b.i64(-1)], "ii")
-    ij = b.op("Unsqueeze", [idx, b.i64(-2)], "ij")
-    before = b.op("Or", [b.op("Greater", [vj, vi]), b.op("And", [b.op("Equal", [vj, vi]), b.op("Less", [ij, ii])])],
-                  "before")  # fmt: skip  # [.., i, j]: does j come before i?
-    rank = b.op("ReduceSum", [b.op("Cast", [before], to=TensorProto.INT64), b.i64(-1)], "rank", keepdims=0)
-    # rank is a permutation of 0..K'-1 per row (the keys are distinct): scatter puts each in place.
-    zeros_f = b.op("Mul", [val, b.const(0.0, np.float32, "zf")])
-    zeros_i = b.op("Mul", [idx, b.const(0, np.int64, "zi")])
-    val_sorted = b.op("ScatterElements", [zeros_f, rank, val], "val_sorted", axis=-1)
-    idx_sorted = b.op("ScatterElements", [zeros_i, rank, idx], "idx_sorted", axis=-1)
-    zero, kk, axis = b.i64(0), b.i64(k), b.i64(-1)
-    return (b.op("Slice", [val_sorted, zero, kk, axis], "val_top"),
-            b.op("Slice", [idx_sorted, zero, kk, axis], "idx_top"))  # fmt: skip
+    zero, one, last, axis = b.i64(0), b.i64(1), b.i64(k_sel - 1), b.i64(-1)
+    prev = b.op("Concat", [b.op("Slice", [val, zero, one, axis]), b.op("Slice", [val, zero, last, axis])],
+                "prev", axis=-1)  # fmt: skip
+    changed = b.op("Cast", [b.op("Not", [b.op("Equal", [val, prev])])], "changed", to=TensorProto.FLOAT)
+    run = b.op("CumSum", [changed, b.scalar(-1)], "run")
+    key = b.op("Add", [b.op("Mul", [run, b.const(float(num_priors), np.float32, "P")]),
+                       b.op("Cast", [idx], to=TensorProto.FLOAT)], "tie_key")  # fmt: skip
+    _, order = b.op("TopK", [key, b.i64(k)], "tie_order", outputs=2, axis=-1, largest=0, sorted=1)
+    return (b.op("GatherElements", [val, order], "val_top", axis=-1),
+            b.op("GatherElements", [idx, order], "idx_top", axis=-1))  # fmt: skip
 
 
 def build_end_to_end(model: Any, config: SSDConfig, spec: EndToEndSpec, source: str = "artifact") -> Any:
@@ -276,7 +277,7 @@ def build_end_to_end(model: Any, config: SSDConfig, spec: EndToEndSpec, source: 
         p.key == END_TO_END_KEY for p in model.metadata_props
     ):
         raise EndToEndError(f"{source}: already has the end-to-end outputs ({DETECTIONS}, {NUM_DETECTIONS})")
-    missing = [n for n in (LOC, CONF, PRIORS) if n not in outputs]
+    missing = [n for n in (LOC, CONF) if n not in outputs]
     if missing:
         raise EndToEndError(f"{source}: no output(s) {', '.join(missing)}; expected an ssd_deploy export")
     opset = _opset(model)
@@ -289,7 +290,12 @@ def build_end_to_end(model: Any, config: SSDConfig, spec: EndToEndSpec, source: 
     cf = len(fg)
     loc = _float_output(b, model, LOC)
     conf = _float_output(b, model, CONF)
-    priors = _float_output(b, model, PRIORS)
+    if PRIORS in outputs:
+        priors = _float_output(b, model, PRIORS)
+    else:  # exports without a priors output: the config's priors, as the numpy runtime uses
+        from .priors import prior_boxes
+
+        priors = b.const(prior_boxes(config.prior), np.float32, "priors_table")
     boxes = _decode(b, loc, priors, config.variances)  # [N, P, 4]
 
     # Shapes known only at run time: N (batch) and P from conf.
@@ -304,10 +310,11 @@ def build_end_to_end(model: Any, config: SSDConfig, spec: EndToEndSpec, source: 
     thresh = b.const(spec.conf_thresh, np.float32, "conf_thresh")
     above = b.op("Greater", [scores, thresh], "above")
     masked = b.op("Where", [above, scores, b.const(-1.0, np.float32, "minus1")], "masked")
-    k_sel = min(k + spec.tie_margin, _num_priors(model) or config.num_priors) if spec.tie_margin else k
+    num_priors = _num_priors(model) or config.num_priors
+    k_sel = min(k + spec.tie_margin, num_priors) if spec.tie_margin else k
     top_val, top_idx = b.op("TopK", [masked, b.i64(k_sel)], "topk", outputs=2, axis=-1, largest=1, sorted=1)
-    if k_sel > k:
-        top_val, top_idx = _stable_top(b, top_val, top_idx, k_sel, k)
+    if spec.tie_margin:
+        top_val, top_idx = _stable_top(b, top_val, top_idx, k_sel, k, num_priors)
     valid = b.op("Greater", [top_val, thresh], "valid")  # [N, C', K]: real candidates come first
 
     # 3. boxes of the candidates: flat index image * P + prior into [N * P, 4].
