@@ -14,8 +14,8 @@ pytest.importorskip("onnxruntime")
 
 
 def test_bench_reports_detect_in_the_engine(tmp_path, capsys):
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     plain = _tiny_onnx(tmp_path / "tiny.onnx")
     e2e = tmp_path / "tiny_e2e.onnx"
