@@ -7,9 +7,10 @@ Post-process only: a graph whose ``loc``/``conf`` are its inputs (VOC300: 8732 p
 gets the end-to-end outputs (``ssd_deploy.endtoend.add_end_to_end``); then, interleaved per round
 on the same heads, ``numpy`` (:func:`ssd_deploy.postprocess.detect`), ``ort`` (ONNX Runtime CPU,
 fetching only ``detections``/``num_detections``) and ``openvino`` (``Core.compile_model`` on CPU,
-when installed). Heads come from ``benchmarks/bench_postprocess.py``: ``few`` (a trained SSD on a
-photo: a handful to thousands of candidates per class) and ``many`` (near-uniform softmax: every
-prior is a candidate of every class, top_k cuts each). Before timing, every variant's detections are
+when installed). Heads come from ``benchmarks/bench_postprocess.py``: ``sparse`` (its photo-like
+heads with a confident background: few candidates, only the objects), ``photo-like`` (a trained SSD
+on a photo: a handful to thousands of candidates per class) and ``flat`` (near-uniform softmax:
+every prior is a candidate of every class, top_k cuts each). Before timing, every variant's detections are
 compared with numpy's as sets (class, score 1e-6, box 1e-5) and the mismatching images counted.
 
 ``--detector`` also times ``Detector.detect`` end to end on the seeded SSD300 export (needs torch to
@@ -118,7 +119,11 @@ def postprocess_bench(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any
         print("openvino not installed: its column is skipped")
     rows = []
     rng = np.random.default_rng(0)
-    for kind, make in (("few", realistic_heads), ("many", flat_heads)):
+    def sparse_heads(rng: np.random.Generator, pri: np.ndarray, c: int) -> Any:
+        return realistic_heads(rng, pri, c, background=12.0)
+
+    kinds = (("sparse", sparse_heads), ("photo-like", realistic_heads), ("flat", flat_heads))
+    for kind, make in kinds:
         for batch in args.batches:
             heads = [make(rng, priors, cfg.num_classes) for _ in range(batch)]
             loc = np.concatenate([h[0] for h in heads])
@@ -144,7 +149,7 @@ def postprocess_bench(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any
                    "median_ms": med, "ratio_vs_numpy": {k: med["numpy"] / v for k, v in med.items()},
                    "mismatching_images": bad}  # fmt: skip
             rows.append(row)
-            print(f"{kind:>4} batch {batch}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in med.items())
+            print(f"{kind:>10} batch {batch}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in med.items())
                   + f"; mismatching images {bad}; D={spec.max_detections}")
     return rows
 
