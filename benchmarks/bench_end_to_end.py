@@ -26,21 +26,22 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import numpy as np  # noqa: E402
+import numpy as np
+from bench_postprocess import flat_heads, realistic_heads
 
-from bench_postprocess import flat_heads, realistic_heads  # noqa: E402
-from ssd_deploy.config import preset  # noqa: E402
-from ssd_deploy.contract import CONFIG_KEY, DETECTIONS, NUM_DETECTIONS  # noqa: E402
-from ssd_deploy.endtoend import add_end_to_end  # noqa: E402
-from ssd_deploy.postprocess import detect  # noqa: E402
-from ssd_deploy.priors import prior_boxes  # noqa: E402
+from ssd_deploy.config import preset
+from ssd_deploy.contract import CONFIG_KEY, DETECTIONS, NUM_DETECTIONS
+from ssd_deploy.endtoend import add_end_to_end
+from ssd_deploy.postprocess import detect
+from ssd_deploy.priors import prior_boxes
 
 
 def passthrough_onnx(path: Path, cfg: Any) -> Path:
@@ -49,8 +50,8 @@ def passthrough_onnx(path: Path, cfg: Any) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     p, c = cfg.num_priors, cfg.num_classes
-    nodes = [helper.make_node("Identity", ["loc_in"], ["loc"]), helper.make_node("Identity", ["conf_in"], ["conf"]),
-             helper.make_node("Identity", ["priors_table"], ["priors"])]  # fmt: skip
+    nodes = [helper.make_node("Identity", [src], [dst])
+             for src, dst in (("loc_in", "loc"), ("conf_in", "conf"), ("priors_table", "priors"))]
     graph = helper.make_graph(
         nodes, "postprocess_only",
         [helper.make_tensor_value_info("loc_in", TensorProto.FLOAT, ["batch", p, 4]),
@@ -91,7 +92,7 @@ def interleaved(variants: dict[str, Callable[[], Any]], rounds: int) -> dict[str
         fn()
     out: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        for n in names[r % len(names):] + names[: r % len(names)]:
+        for n in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             variants[n]()
             out[n].append(time.perf_counter() - t0)
@@ -119,6 +120,7 @@ def postprocess_bench(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any
         print("openvino not installed: its column is skipped")
     rows = []
     rng = np.random.default_rng(0)
+
     def sparse_heads(rng: np.random.Generator, pri: np.ndarray, c: int) -> Any:
         return realistic_heads(rng, pri, c, background=12.0)
 
@@ -131,13 +133,14 @@ def postprocess_bench(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any
             feeds = {"loc_in": loc, "conf_in": conf}
             ref = detect(loc, conf, priors, cfg.variances, params)
             variants: dict[str, Callable[[], Any]] = {
-                "numpy": lambda: detect(loc, conf, priors, cfg.variances, params),
-                "ort": lambda: sess.run([DETECTIONS, NUM_DETECTIONS], feeds),
+                "numpy": lambda loc=loc, conf=conf: detect(loc, conf, priors, cfg.variances, params),
+                "ort": lambda feeds=feeds: sess.run([DETECTIONS, NUM_DETECTIONS], feeds),
             }
             d, n = sess.run([DETECTIONS, NUM_DETECTIONS], feeds)
             bad = {"ort": mismatches(d, n, ref)}
             if compiled is not None:
-                def ov_run() -> Any:
+
+                def ov_run(feeds: dict[str, np.ndarray] = feeds) -> Any:
                     res = compiled(feeds)
                     return res[compiled.output(DETECTIONS)], res[compiled.output(NUM_DETECTIONS)]
 
@@ -145,12 +148,16 @@ def postprocess_bench(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any
                 bad["openvino"] = mismatches(*ov_run(), ref)
             times = interleaved(variants, args.rounds)
             med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
-            row = {"heads": kind, "batch": batch, "detections_per_image": float(np.mean([len(r) for r in ref])),
+            per_image = float(np.mean([len(r) for r in ref]))
+            row = {"heads": kind, "batch": batch, "detections_per_image": per_image,
                    "median_ms": med, "ratio_vs_numpy": {k: med["numpy"] / v for k, v in med.items()},
                    "mismatching_images": bad}  # fmt: skip
             rows.append(row)
-            print(f"{kind:>10} batch {batch}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in med.items())
-                  + f"; mismatching images {bad}; D={spec.max_detections}")
+            print(
+                f"{kind:>10} batch {batch}: "
+                + ", ".join(f"{k} {v:.2f} ms" for k, v in med.items())
+                + f"; mismatching images {bad}; D={spec.max_detections}"
+            )
     return rows
 
 
@@ -178,14 +185,14 @@ def detector_bench(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
             imgs = photos[:batch]
             stages: dict[str, list[dict[str, float]]] = {"numpy": [], "in-graph": []}
 
-            def run(det: Any, key: str) -> None:
+            def run(det: Any, key: str, stages: dict = stages, imgs: list = imgs) -> None:
                 stages[key].append(det.detect_timed(imgs)[1])
 
             times = interleaved({"numpy": lambda: run(a, "numpy"), "in-graph": lambda: run(b, "in-graph")},
                                 args.detector_rounds)  # fmt: skip
             med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
-            st = {k: {s: float(np.median([t[s] for t in v])) * 1e3 for s in ("preprocess", "compute", "postprocess")}
-                  for k, v in stages.items()}  # fmt: skip
+            names = ("preprocess", "compute", "postprocess")
+            st = {k: {s: float(np.median([t[s] for t in v])) * 1e3 for s in names} for k, v in stages.items()}
             rows.append({"batch": batch, "median_ms": med, "stages_median_ms": st,
                          "ratio_in_graph_vs_numpy": med["numpy"] / med["in-graph"]})  # fmt: skip
             print(f"Detector batch {batch}: {med} stages {st}")

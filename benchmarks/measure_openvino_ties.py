@@ -18,14 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import numpy as np  # noqa: E402
+import numpy as np
+from bench_end_to_end import mismatches, passthrough_onnx
 
-from bench_end_to_end import mismatches, passthrough_onnx  # noqa: E402
-from ssd_deploy.config import DetectParams, preset  # noqa: E402
-from ssd_deploy.contract import DETECTIONS, NUM_DETECTIONS  # noqa: E402
-from ssd_deploy.endtoend import DEFAULT_TIE_MARGIN, add_end_to_end  # noqa: E402
-from ssd_deploy.postprocess import detect  # noqa: E402
-from ssd_deploy.priors import prior_boxes  # noqa: E402
+from ssd_deploy.config import DetectParams, preset
+from ssd_deploy.contract import DETECTIONS, NUM_DETECTIONS
+from ssd_deploy.endtoend import DEFAULT_TIE_MARGIN, add_end_to_end
+from ssd_deploy.postprocess import detect
+from ssd_deploy.priors import prior_boxes
 
 
 def main() -> None:
@@ -51,11 +51,13 @@ def main() -> None:
                     s = np.full(p, 0.02, np.float32)
                     order = rng.permutation(p)
                     s[order[:40]] = rng.uniform(0.31, 0.5, 40)
-                    s[order[40:40 + ties]] = 0.3
+                    s[order[40 : 40 + ties]] = 0.3
                     conf[0, :, 1] = s
                     res = compiled({"loc_in": loc, "conf_in": conf})
                     ref = detect(loc, conf, priors, cfg.variances, params)
-                    bad += mismatches(res[compiled.output(DETECTIONS)], res[compiled.output(NUM_DETECTIONS)], ref)
+                    bad += mismatches(
+                        res[compiled.output(DETECTIONS)], res[compiled.output(NUM_DETECTIONS)], ref
+                    )
                 print(f"tie margin {margin:>2}: {ties:>4} priors tied at the cut -> {bad}/10 images differ")
 
 

@@ -1,7 +1,8 @@
 """End-to-end artifacts: decode + Detect appended to an ssd_deploy ONNX graph (docs/end_to_end.md).
 
 :func:`add_end_to_end` takes an FP32, FP16 or INT8 (Q/DQ) ssd_deploy ONNX file with outputs
-``loc``/``conf`` (and ``priors``; without it the config's priors are baked in) and appends, with standard ONNX ops only (opset >= 13), the numpy
+``loc``/``conf`` (and ``priors``; without it the config's priors are baked in) and appends, with
+standard ONNX ops only (opset >= 13), the numpy
 Detect of :mod:`ssd_deploy.postprocess`:
 
 1. decode every prior in FP32, operation by operation as :func:`ssd_deploy.ops.boxes.decode`;
@@ -94,7 +95,8 @@ class EndToEndSpec:
             "conf_thresh": self.conf_thresh, "nms_thresh": self.nms_thresh, "top_k": self.top_k,
             "keep_top_k": self.keep_top_k, "background_label": self.background_label,
             "num_classes": self.num_classes, "max_detections": self.max_detections,
-            "tie_margin": self.tie_margin, "row_order": END_TO_END_ROW_ORDER, "columns": list(DETECTION_COLUMNS),
+            "tie_margin": self.tie_margin, "row_order": END_TO_END_ROW_ORDER,
+            "columns": list(DETECTION_COLUMNS),
             "boxes": "normalised to the network input", "ties": "prior index",
         }, sort_keys=True)  # fmt: skip
 
@@ -110,7 +112,9 @@ class EndToEndSpec:
                 max_detections=int(d["max_detections"]), tie_margin=int(d.get("tie_margin", 0)),
             )  # fmt: skip
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise EndToEndError(f"{source}: bad '{END_TO_END_KEY}' metadata: {type(e).__name__}: {e}") from None
+            raise EndToEndError(
+                f"{source}: bad '{END_TO_END_KEY}' metadata: {type(e).__name__}: {e}"
+            ) from None
 
     @property
     def params(self) -> DetectParams:
@@ -131,8 +135,11 @@ def _foreground(num_classes: int, background: int) -> list[int]:
 
 
 def check_end_to_end(
-    config: SSDConfig, params: DetectParams | None = None, source: str = "artifact",
-    num_priors: int | None = None, tie_margin: int = DEFAULT_TIE_MARGIN,
+    config: SSDConfig,
+    params: DetectParams | None = None,
+    source: str = "artifact",
+    num_priors: int | None = None,
+    tie_margin: int = DEFAULT_TIE_MARGIN,
 ) -> EndToEndSpec:
     """The spec an end-to-end graph of ``config`` would bake in; :class:`EndToEndError` when the
     graph cannot support it (``top_k`` or ``keep_top_k`` >= 3840, or ``D`` > 65536).
@@ -150,7 +157,8 @@ def check_end_to_end(
         tie_margin = 0  # the float32 tie key would not be exact: rely on the runtime's TopK order
     if k > MAX_TOP_K:
         raise EndToEndError(
-            f"{source}: --end-to-end supports top_k up to {MAX_TOP_K} (TensorRT TopK takes K < 3840), got {p.top_k}"
+            f"{source}: --end-to-end supports top_k up to {MAX_TOP_K} (TensorRT TopK takes K < 3840), "
+            f"got {p.top_k}"
         )
     if p.keep_top_k is not None and p.keep_top_k > MAX_TOP_K:
         raise EndToEndError(
@@ -163,7 +171,8 @@ def check_end_to_end(
         d = min(d, p.keep_top_k)
     if d > MAX_DETECTIONS:
         raise EndToEndError(
-            f"{source}: --end-to-end output would hold D = {fg} classes x top_k {k} = {fg * k} rows per image; "
+            f"{source}: --end-to-end output would hold D = {fg} classes x top_k {k} = {fg * k} rows "
+            "per image; "
             f"the graph supports D <= {MAX_DETECTIONS} (lower top_k or set keep_top_k)"
         )
     return EndToEndSpec(
@@ -204,7 +213,11 @@ class _Builder:
         from onnx import helper
 
         base = self.name(hint or op_type.lower())
-        outs = outputs if isinstance(outputs, list) else [base if i == 0 else f"{base}:{i}" for i in range(outputs)]
+        outs = (
+            outputs
+            if isinstance(outputs, list)
+            else [base if i == 0 else f"{base}:{i}" for i in range(outputs)]
+        )
         self.nodes.append(helper.make_node(op_type, inputs, outs, name=base, **attrs))
         return outs[0] if len(outs) == 1 else outs
 
@@ -273,8 +286,10 @@ def build_end_to_end(model: Any, config: SSDConfig, spec: EndToEndSpec, source: 
 
     graph = model.graph
     outputs = {o.name for o in graph.output}
-    if DETECTIONS in outputs or NUM_DETECTIONS in outputs or any(
-        p.key == END_TO_END_KEY for p in model.metadata_props
+    if (
+        DETECTIONS in outputs
+        or NUM_DETECTIONS in outputs
+        or any(p.key == END_TO_END_KEY for p in model.metadata_props)
     ):
         raise EndToEndError(f"{source}: already has the end-to-end outputs ({DETECTIONS}, {NUM_DETECTIONS})")
     missing = [n for n in (LOC, CONF) if n not in outputs]
@@ -318,9 +333,9 @@ def build_end_to_end(model: Any, config: SSDConfig, spec: EndToEndSpec, source: 
     valid = b.op("Greater", [top_val, thresh], "valid")  # [N, C', K]: real candidates come first
 
     # 3. boxes of the candidates: flat index image * P + prior into [N * P, 4].
-    img_offset = b.op("Mul", [b.op("Range", [b.const(0, np.int64, "r0"), b.op("Squeeze", [n, b.i64(0)]),
-                                             b.const(1, np.int64, "r1")], "img"), b.op("Squeeze", [p, b.i64(0)])],
-                      "img_offset")  # fmt: skip
+    n_scalar, p_scalar = b.op("Squeeze", [n, b.i64(0)]), b.op("Squeeze", [p, b.i64(0)])
+    images = b.op("Range", [b.const(0, np.int64, "r0"), n_scalar, b.const(1, np.int64, "r1")], "img")
+    img_offset = b.op("Mul", [images, p_scalar], "img_offset")
     img_offset = b.op("Reshape", [img_offset, b.i64(-1, 1, 1)])
     flat_prior = b.op("Add", [top_idx, img_offset], "flat_prior")  # [N, C', K]
     boxes_flat = b.op("Reshape", [boxes, b.i64(-1, 4)], "boxes_flat")
@@ -341,7 +356,9 @@ def build_end_to_end(model: Any, config: SSDConfig, spec: EndToEndSpec, source: 
     sel_pos = b.op("Gather", [selected, b.scalar(2)], "sel_pos", axis=1)
     sel_flat = b.op("Add", [b.op("Mul", [sel_batch, b.i64(k)]), sel_pos], "sel_flat")  # [M]
     total = b.op("Mul", [n, b.i64(cf * k)], "total")
-    zeros = b.op("ConstantOfShape", [total], "kept0", value=helper.make_tensor("z", TensorProto.FLOAT, [1], [0.0]))
+    zeros = b.op(
+        "ConstantOfShape", [total], "kept0", value=helper.make_tensor("z", TensorProto.FLOAT, [1], [0.0])
+    )
     ones = b.op("Expand", [b.const([1.0], np.float32, "one"), b.op("Shape", [sel_flat])], "ones")
     kept = b.op("ScatterElements", [zeros, sel_flat, ones], "kept", axis=0)  # [N*C'*K] 0/1
     kept = b.op("Reshape", [kept, b.i64(-1, cf * k)], "kept2d")  # [N, C'*K], class-major
@@ -353,7 +370,9 @@ def build_end_to_end(model: Any, config: SSDConfig, spec: EndToEndSpec, source: 
         kept_bool = b.op("Greater", [kept, b.const(0.5, np.float32, "half")])
         cap_in = b.op("Where", [kept_bool, cand_scores, b.const(-1.0, np.float32, "minus1b")], "cap_in")
         cap_val, cap_idx = b.op("TopK", [cap_in, b.i64(spec.keep_top_k)], "cap", outputs=2, axis=1)
-        cap_ok = b.op("Cast", [b.op("Greater", [cap_val, b.const(-0.5, np.float32, "mhalf")])], to=TensorProto.FLOAT)
+        cap_ok = b.op(
+            "Cast", [b.op("Greater", [cap_val, b.const(-0.5, np.float32, "mhalf")])], to=TensorProto.FLOAT
+        )
         kept = b.op("ScatterElements", [b.op("Mul", [kept, b.const(0.0, np.float32, "z0")]), cap_idx, cap_ok],
                     "kept_cap", axis=1)  # fmt: skip
 
@@ -375,7 +394,9 @@ def build_end_to_end(model: Any, config: SSDConfig, spec: EndToEndSpec, source: 
     index = b.op("Concat", [b.op("Unsqueeze", [row_img, b.i64(1)]), b.op("Unsqueeze", [row_dest, b.i64(1)])],
                  "index", axis=1)  # fmt: skip
     out_shape = b.op("Concat", [n, b.i64(d, 6)], "out_shape", axis=0)
-    blank = b.op("ConstantOfShape", [out_shape], "blank", value=helper.make_tensor("z6", TensorProto.FLOAT, [1], [0.0]))
+    blank = b.op(
+        "ConstantOfShape", [out_shape], "blank", value=helper.make_tensor("z6", TensorProto.FLOAT, [1], [0.0])
+    )
     b.op("ScatterND", [blank, index, row], outputs=[DETECTIONS])
     b.op("Cast", [count], outputs=[NUM_DETECTIONS], to=TensorProto.INT32)
 
@@ -457,7 +478,9 @@ def add_end_to_end(
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:  # noqa: BLE001
-        raise EndToEndError(f"{src}: the end-to-end graph fails the ONNX checker: {e}".splitlines()[0]) from None
+        raise EndToEndError(
+            f"{src}: the end-to-end graph fails the ONNX checker: {e}".splitlines()[0]
+        ) from None
     with atomic_output(dst) as tmp:
         onnx.save_model(model, str(tmp))
     return spec

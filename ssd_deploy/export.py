@@ -281,8 +281,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights used when no --weights is given")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--end-to-end", action="store_true",
-                   help="also put decode + Detect in the graph: outputs detections [N,D,6] and num_detections [N] "
-                        "(docs/end_to_end.md)")
+                   help="also put decode + Detect in the graph: outputs detections [N,D,6] and "
+                        "num_detections [N] (docs/end_to_end.md)")
     return p.parse_args(argv)
 
 

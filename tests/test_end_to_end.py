@@ -51,7 +51,9 @@ def passthrough_model(path: Path, priors: np.ndarray, num_classes: int, params: 
 
 
 def random_priors(rng: np.random.Generator, p: int) -> np.ndarray:
-    return np.concatenate([rng.uniform(0.1, 0.9, (p, 2)), rng.uniform(0.05, 0.4, (p, 2))], 1).astype(np.float32)
+    return np.concatenate([rng.uniform(0.1, 0.9, (p, 2)), rng.uniform(0.05, 0.4, (p, 2))], 1).astype(
+        np.float32
+    )
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -208,7 +210,12 @@ def test_metadata_records_baked_params_and_keeps_raw_outputs(tmp):
     meta = {p.key: p.value for p in m.metadata_props}
     baked = json.loads(meta[END_TO_END_KEY])
     assert baked["row_order"] == END_TO_END_ROW_ORDER
-    assert (baked["conf_thresh"], baked["nms_thresh"], baked["top_k"], baked["keep_top_k"]) == (0.2, 0.4, 25, 100)
+    assert (baked["conf_thresh"], baked["nms_thresh"], baked["top_k"], baked["keep_top_k"]) == (
+        0.2,
+        0.4,
+        25,
+        100,
+    )
     assert baked["max_detections"] == 100 and baked["columns"][4:] == ["score", "class_id"]
     assert read_end_to_end(meta).params == params
     ops = {n.op_type for n in m.graph.node if n.domain in ("", "ai.onnx")}

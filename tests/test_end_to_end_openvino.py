@@ -17,7 +17,9 @@ from tests.test_end_to_end import assert_same_as_numpy, passthrough_model, rando
 ov = pytest.importorskip("openvino")
 
 
-def ov_run(path: Path, feeds: dict[str, np.ndarray], outputs=(DETECTIONS, NUM_DETECTIONS)) -> list[np.ndarray]:
+def ov_run(
+    path: Path, feeds: dict[str, np.ndarray], outputs=(DETECTIONS, NUM_DETECTIONS)
+) -> list[np.ndarray]:
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(path)), "CPU")
     res = compiled(feeds)
@@ -26,7 +28,9 @@ def ov_run(path: Path, feeds: dict[str, np.ndarray], outputs=(DETECTIONS, NUM_DE
 
 def as_set(dets: np.ndarray, num: np.ndarray, i: int) -> list[tuple]:
     rows = dets[i, : num[i]]
-    return sorted(zip(rows[:, 5].astype(int).tolist(), rows[:, 4].tolist(), *np.round(rows[:, :4], 4).T.tolist()))
+    return sorted(
+        zip(rows[:, 5].astype(int).tolist(), rows[:, 4].tolist(), *np.round(rows[:, :4], 4).T.tolist())
+    )
 
 
 def test_continuous_scores_equal_numpy(tmp_path):
@@ -91,6 +95,8 @@ def test_real_ssd300_on_photos(ssd300_onnx, sample_paths, voc300, tmp_path):
     meta = {p.key: p.value for p in onnx.load(str(dst), load_external_data=False).metadata_props}
     config = SSDConfig.from_json(meta[CONFIG_KEY])
     batch, _ = preprocess(sample_paths[:2], voc300)
-    loc, conf, priors, dets, num = ov_run(dst, {"images": batch}, ("loc", "conf", "priors", DETECTIONS, NUM_DETECTIONS))
+    loc, conf, priors, dets, num = ov_run(
+        dst, {"images": batch}, ("loc", "conf", "priors", DETECTIONS, NUM_DETECTIONS)
+    )
     ref = detect(loc, conf, priors, config.variances, config.detect)
     assert_same_as_numpy(dets, num, ref)

@@ -173,7 +173,9 @@ def _in_graph(det: Any) -> bool:
         return False
 
 
-_IN_ENGINE_NOTE = "* end-to-end artifact: decode + NMS ran in the engine (inside compute); decode+NMS is unpacking"
+_IN_ENGINE_NOTE = (
+    "* end-to-end artifact: decode + NMS ran in the engine (inside compute); decode+NMS is unpacking"
+)
 
 
 def _stage_cells(report: dict[str, Any], r: dict[str, Any]) -> list[str]:
@@ -516,7 +518,8 @@ def render(report: dict[str, Any], console: Any) -> None:
 
     st = table("Stages (mean ms per call)", "engine", "batch", *STAGE_TITLES.values(), "other", "total")
     for r in report["results"]:
-        st.add_row(esc(r["engine"]), str(r["batch"]), *map(esc, _stage_cells(report, r)), fmt_ms(r["unaccounted_ms"]),
+        st.add_row(esc(r["engine"]), str(r["batch"]), *map(esc, _stage_cells(report, r)),
+                   fmt_ms(r["unaccounted_ms"]),
                    fmt_ms(r["latency_ms"]["mean"]))  # fmt: skip
     console.print(st)
     if any(e.get("detect") == "engine" for e in report["engines"]):

@@ -272,7 +272,10 @@ def _run(args: argparse.Namespace, con: Any, err: Any) -> int:
             from ..endtoend import add_end_to_end
 
             spec = add_end_to_end(result.output, result.output)
-            con.print(f"end-to-end: detections [N, {spec.max_detections}, 6] + num_detections [N], post-process FP32")
+            con.print(
+                f"end-to-end: detections [N, {spec.max_detections}, 6] + num_detections [N], "
+                "post-process FP32"
+            )
     except (QuantizeError, CalibrationError, GraphError, OSError, InputError) as e:
         err.print(f"[red]error:[/red] {e}", soft_wrap=True)
         return 2

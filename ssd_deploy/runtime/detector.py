@@ -190,7 +190,9 @@ class Detector:
             t2 = time.perf_counter()
             kept = in_graph_kept(dets_rows, counts, params, self.end_to_end)
             results = self._to_pixels(kept_as_list(kept, len(items)), sizes)
-            array = kept_as_array(kept, len(items), self.config.num_classes, params.top_k) if return_array else None
+            array = None
+            if return_array:
+                array = kept_as_array(kept, len(items), self.config.num_classes, params.top_k)
             t3 = time.perf_counter()
             if timings is not None:
                 # Decode + NMS ran in the engine: "postprocess" is only the unpacking left here.
@@ -226,7 +228,9 @@ class Detector:
             )  # fmt: skip
         return why is None
 
-    def _infer_in_graph(self, batch: np.ndarray, timings: dict[str, float] | None) -> tuple[np.ndarray, np.ndarray]:
+    def _infer_in_graph(
+        self, batch: np.ndarray, timings: dict[str, float] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(detections, num_detections)`` for a preprocessed batch, chunked/padded like :meth:`_infer`."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         lo, hi = self.backend.batch_range

@@ -519,7 +519,9 @@ def generate(
         configs = {
             f"{opts.name}_engine": _engine_config(facts, opts),
             f"{opts.name}_preprocess": _python_config(f"{opts.name}_preprocess", "preprocess", facts, opts),
-            f"{opts.name}_postprocess": _python_config(f"{opts.name}_postprocess", "postprocess", facts, opts),
+            f"{opts.name}_postprocess": _python_config(
+                f"{opts.name}_postprocess", "postprocess", facts, opts
+            ),
             opts.name: _ensemble_config(facts, opts),
         }
     out.parent.mkdir(parents=True, exist_ok=True)

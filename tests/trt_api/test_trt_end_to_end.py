@@ -27,7 +27,9 @@ def e2e_onnx(tmp_path_factory) -> Path:
 def test_detect_outputs_dropped_unless_asked(fake, e2e_onnx, tmp_path):
     res = build_plan(BuildOptions(onnx=e2e_onnx, output=tmp_path / "plain.plan"), log=lambda m: None)
     assert read_manifest(res.plan).output_names == ["loc", "conf"]
-    res = build_plan(BuildOptions(onnx=e2e_onnx, output=tmp_path / "e2e.plan", end_to_end=True), log=lambda m: None)
+    res = build_plan(
+        BuildOptions(onnx=e2e_onnx, output=tmp_path / "e2e.plan", end_to_end=True), log=lambda m: None
+    )
     assert read_manifest(res.plan).output_names == ["loc", "conf", "detections", "num_detections"]
 
 

@@ -16,7 +16,9 @@ from .cuda import Cuda
 from .trtlog import make_logger
 
 
-def run_all_outputs(plan: str | os.PathLike[str], images: np.ndarray, *, device: int = 0) -> dict[str, np.ndarray]:
+def run_all_outputs(
+    plan: str | os.PathLike[str], images: np.ndarray, *, device: int = 0
+) -> dict[str, np.ndarray]:
     """``{output name: array}`` for one batch ``images [N,3,S,S]`` float32 (one context, one stream)."""
     trt = _import.load_tensorrt()
     cuda = Cuda()
