@@ -339,7 +339,7 @@ def _run(args: argparse.Namespace, con: Any) -> int:
     if args.end_to_end:  # limits checked before the (slow) export, so bad input writes nothing
         from .endtoend import check_end_to_end
 
-        check_end_to_end(config, source="--end-to-end")
+        check_end_to_end(config, source=str(out))
     con.print(f"[bold]ssd_deploy export[/bold] {config.name}: size {size}, {config.num_classes} classes, "
               f"priors {config.prior.name}, {config.channel_order} mean {config.mean}")
     with warnings.catch_warnings(record=True) as caught:

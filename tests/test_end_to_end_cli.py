@@ -84,7 +84,7 @@ def test_export_end_to_end_over_the_limit_is_exit_2_before_tracing(tmp_path, cap
     out = tmp_path / "big.onnx"
     rc = export_main(["--num-classes", "400", "--config", "coco", "--end-to-end", "-o", str(out)])
     err = capsys.readouterr().err
-    assert rc == 2 and "D <= 65536" in err and "399 classes" in err
+    assert rc == 2 and "D <= 65536" in err and "399 classes" in err and str(out) in err
     assert not out.exists()
 
 
