@@ -261,3 +261,35 @@ def test_non_finite_box_is_not_suppressed_in_graph(tmp):
         assert num[0] == 3
         np.testing.assert_array_equal(dets[0, :3, 4], np.float32([0.9, 0.8, 0.6]))
         assert np.isnan(dets[0, 1, 2]) and np.isfinite(dets[0, [0, 2], :4]).all()
+
+
+def test_tie_margin_off_where_the_float32_key_would_not_be_exact():
+    cfg = preset("voc300")  # 8732 priors
+    assert check_end_to_end(cfg, DetectParams(top_k=200)).tie_margin == 32
+    # (2000 + 32) x 8732 > 2^24: run x P + index would not be exact in float32.
+    assert check_end_to_end(cfg, DetectParams(top_k=2000)).tie_margin == 0
+
+
+@pytest.mark.parametrize("baked_cap", [None, 30])
+def test_stricter_requests_filtered_from_the_graph_equal_numpy(tmp, baked_cap):
+    """What Detector does on a stricter request: filter the graph's rows (in_graph_kept)."""
+    from ssd_deploy.runtime.in_graph import in_graph_kept, in_graph_mismatch, kept_as_list
+
+    rng = np.random.default_rng(7)
+    p, c = 400, 5
+    priors = random_priors(rng, p)
+    baked = DetectParams(conf_thresh=0.05, nms_thresh=0.45, top_k=25, keep_top_k=baked_cap)
+    spec = add_end_to_end(passthrough_model(tmp / "m.onnx", priors, c, baked), tmp / "e2e.onnx")
+    loc = rng.normal(0, 1, (3, p, 4)).astype(np.float32)
+    conf = np.round(softmax(rng.normal(0, 2, (3, p, c))), 2).astype(np.float32)
+    dets, num = run_e2e(tmp / "e2e.onnx", loc, conf)
+    for changes in ({"conf_thresh": 0.2}, {"keep_top_k": 10}, {"conf_thresh": 0.12, "keep_top_k": 4}):
+        params = baked.replace(**{"keep_top_k": baked_cap, **changes})
+        assert in_graph_mismatch(spec, params, p) is None
+        got = kept_as_list(in_graph_kept(dets, num, params, spec), 3)
+        ref = detect(loc, conf, priors, (0.1, 0.2), params)
+        for g, r in zip(got, ref):  # same order, not just the same set
+            np.testing.assert_array_equal(g.labels, r.labels)
+            np.testing.assert_allclose(g.scores, r.scores, rtol=0, atol=1e-6)
+            np.testing.assert_allclose(g.boxes, r.boxes, rtol=0, atol=1e-5)
+    assert in_graph_mismatch(spec, baked.replace(conf_thresh=0.01, keep_top_k=baked_cap), p)
