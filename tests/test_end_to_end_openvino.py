@@ -100,3 +100,29 @@ def test_real_ssd300_on_photos(ssd300_onnx, sample_paths, voc300, tmp_path):
     )
     ref = detect(loc, conf, priors, config.variances, config.detect)
     assert_same_as_numpy(dets, num, ref)
+
+
+def test_int8_graph_from_ssd_quantize(tmp_path, capsys):
+    """An INT8 (Q/DQ) end-to-end graph from ssd-quantize on OpenVINO, batch 1 and 3."""
+    import onnx
+
+    from ssd_deploy.quantize.__main__ import main as quantize_main
+    from ssd_deploy.quantize.testing import tiny_ssd
+    from tests.test_quantize_cli import _write_images
+
+    onnx.save(tiny_ssd(), str(tmp_path / "tiny.onnx"))
+    _write_images(tmp_path / "calib", 2)
+    args = ["--onnx", str(tmp_path / "tiny.onnx"), "--precision", "int8", "--calib-images", str(tmp_path / "calib"),
+            "--no-cache", "--no-verify", "--end-to-end"]  # fmt: skip
+    assert quantize_main(args) == 0, capsys.readouterr().err
+    dst = tmp_path / "tiny_int8.onnx"
+    meta = {p.key: p.value for p in onnx.load(str(dst)).metadata_props}
+    config = SSDConfig.from_json(meta[CONFIG_KEY])
+    rng = np.random.default_rng(0)
+    names = ("loc", "conf", "priors", DETECTIONS, NUM_DETECTIONS)
+    for batch in (1, 3):
+        images = rng.normal(0, 60, (batch, 3, 300, 300)).astype(np.float32)
+        loc, conf, priors, dets, num = ov_run(dst, {"images": images}, names)
+        ref = detect(loc, conf, priors, config.variances, config.detect)
+        assert sum(len(r) for r in ref) > 0
+        assert_same_as_numpy(dets, num, ref)
