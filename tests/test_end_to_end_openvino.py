@@ -113,7 +113,8 @@ def test_int8_graph_from_ssd_quantize(tmp_path, capsys):
     onnx.save(tiny_ssd(), str(tmp_path / "tiny.onnx"))
     _write_images(tmp_path / "calib", 2)
     args = ["--onnx", str(tmp_path / "tiny.onnx"), "--precision", "int8",
-            "--calib-images", str(tmp_path / "calib"), "--no-cache", "--no-verify", "--end-to-end"]  # fmt: skip
+            "--calib-images", str(tmp_path / "calib"), "--no-cache", "--no-verify",
+            "--end-to-end"]  # fmt: skip
     assert quantize_main(args) == 0, capsys.readouterr().err
     dst = tmp_path / "tiny_int8.onnx"
     meta = {p.key: p.value for p in onnx.load(str(dst)).metadata_props}
