@@ -23,6 +23,13 @@ CONF = "conf"
 PRIORS = "priors"
 #: Outputs every artifact must have.
 REQUIRED_OUTPUTS = (LOC, CONF)
+#: End-to-end artifacts only (docs/end_to_end.md): ``[N, D, 6]`` float32 rows
+#: ``DETECTION_COLUMNS``, zero rows after ``num_detections [N]`` int32.
+DETECTIONS = "detections"
+NUM_DETECTIONS = "num_detections"
+DETECTION_COLUMNS = ("x1", "y1", "x2", "y2", "score", "class_id")
+#: Row order of ``detections``: by class id ascending, then descending score, ties by prior index.
+END_TO_END_ROW_ORDER = "class_asc_score_desc"
 
 # -- metadata keys --------------------------------------------------------------------------------
 #: ONNX ``metadata_props`` key (and plan-manifest key) holding the :class:`~ssd_deploy.config.SSDConfig`.
@@ -31,6 +38,8 @@ PRECISION_KEY = "ssd_deploy.precision"
 RECIPE_KEY = "ssd_deploy.recipe"
 WEIGHTS_KEY = "ssd_deploy.weights"
 VERSION_KEY = "ssd_deploy.version"
+#: End-to-end artifacts: JSON of the Detect parameters baked into the graph, D and the row order.
+END_TO_END_KEY = "ssd_deploy.end_to_end"
 
 # -- artifact types -------------------------------------------------------------------------------
 ONNX_SUFFIXES = (".onnx",)

@@ -210,7 +210,6 @@ def test_bad_input_is_one_line_exit_2_nothing_written(data, tmp_path, capsys, ss
         "needs a COCO dataset",
     )
     import onnx
-
     from quantize_models import tiny_ssd
 
     tiny = tmp_path / "tiny.onnx"  # its metadata names no weights

@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the export's outputs besides loc and conf (its constant priors) in the engine; "
         "by default they are dropped: the runtime computes priors from the config",
     )
+    p.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="keep an end-to-end ONNX's detections/num_detections (Detect in the engine; "
+        "docs/end_to_end.md); not verified on a GPU yet",
+    )
     p.add_argument("--gpu", type=common.non_negative_int, default=0, help="CUDA device index of the GPU to build for")
     p.add_argument(
         "--progress",
@@ -105,7 +111,7 @@ def execute(args: argparse.Namespace) -> int:
         onnx=args.onnx, profiles=profiles, output=args.output, workspace_mib=args.workspace,
         opt_level=args.opt_level, version_compatible=args.version_compatible,
         hardware_compat=args.hardware_compat, device=args.gpu, verbose=args.verbose,
-        keep_extra_outputs=args.keep_extra_outputs,
+        keep_extra_outputs=args.keep_extra_outputs, end_to_end=args.end_to_end,
     )  # fmt: skip
     if not args.no_timing_cache:
         opts.timing_cache = args.timing_cache or opts.plan_path.parent / "timing.cache"

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights used when no --weights is given")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    p.add_argument("--end-to-end", action="store_true",
+                   help="also put decode + Detect in the graph: outputs detections [N,D,6] and "
+                        "num_detections [N] (docs/end_to_end.md)")
     return p
 
 
@@ -87,6 +90,10 @@ def execute(args: argparse.Namespace) -> int:
             size=size, dataset=args.config or "voc", num_classes=args.num_classes, prior=args.prior,
             channel_order=args.channel_order, mean=args.mean,
         )  # fmt: skip
+    if args.end_to_end:  # limits checked before the (slow) export, so bad input writes nothing
+        from ..endtoend import check_end_to_end
+
+        check_end_to_end(config, source=str(out))
     con.print(f"[bold]ssd_deploy export[/bold] {config.name}: size {size}, {config.num_classes} classes, "
               f"priors {config.prior.name}, {config.channel_order} mean {config.mean}")
     con.print(f"  Detect: {describe_detect(config.detect)}")
@@ -103,6 +110,13 @@ def execute(args: argparse.Namespace) -> int:
     if report.max_abs_diff:
         diffs = ", ".join(f"{k} {v:.2e}" for k, v in report.max_abs_diff.items())
         con.print(f"  ONNX Runtime vs PyTorch max abs diff: {diffs}  [green]ok[/green]")
+    if args.end_to_end:
+        from ..endtoend import add_end_to_end
+
+        spec = add_end_to_end(out, out)
+        con.print(f"  end-to-end: detections [N, {spec.max_detections}, 6] + num_detections [N] "
+                  f"(conf > {spec.conf_thresh}, top_k {spec.top_k}, NMS IoU > {spec.nms_thresh}"
+                  f"{', keep_top_k ' + str(spec.keep_top_k) if spec.keep_top_k else ''})")
     mb = out.stat().st_size / 1e6
     con.print(f"wrote {out} ({mb:.1f} MB) in {time.perf_counter() - t0:.1f} s")
     return 0

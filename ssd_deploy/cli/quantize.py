@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache", default=None, help="calibration cache file (default: <onnx name>.calib.json next to it)"
     )
     cache.add_argument("--no-cache", action="store_true", help="neither read nor write a calibration cache")
+    p.add_argument(
+        "--end-to-end", action="store_true",
+        help="append decode + Detect in FP32 to the output: detections/num_detections (docs/end_to_end.md)",
+    )
     p.add_argument("--report", default=None, help="write the per-node / per-tensor report as JSON here")
     p.add_argument(
         "--no-verify", action="store_true", help="skip the ONNX Runtime comparison with the FP32 model"
@@ -209,6 +213,10 @@ def execute(args: argparse.Namespace) -> int:
         common.output_file(args.report)
     if out.resolve() == args.onnx.resolve():
         raise InputError(f"{out}: the output would overwrite the input")
+    if args.end_to_end:  # checked before calibration: bad input writes nothing
+        from ..endtoend import preflight
+
+        preflight(args.onnx)
     written: list = []
     try:
         if args.calib_samples:
@@ -266,6 +274,14 @@ def execute(args: argparse.Namespace) -> int:
                 verify=not args.no_verify,
             )
         written.append(result.output)
+        if args.end_to_end:
+            from ..endtoend import add_end_to_end
+
+            spec = add_end_to_end(result.output, result.output)
+            con.print(
+                f"end-to-end: detections [N, {spec.max_detections}, 6] + num_detections [N], "
+                "post-process FP32"
+            )
         if args.report:
             write_report(result, args.report)
     except BaseException:

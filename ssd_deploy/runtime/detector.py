@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, Union, overload
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union, overload
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from ..postprocess import detect as _detect_normalised
 from ..preprocess import image_list, is_single_image, preprocess
 from ..priors import prior_boxes
 from .backend import Backend, BackendError
+from .in_graph import in_graph_kept, in_graph_mismatch, kept_as_array, kept_as_list
 
 #: One image: a path, encoded bytes, a PIL image or an ``H x W x 3`` uint8 RGB array.
 SingleImage = Union[str, os.PathLike, bytes, np.ndarray, "PIL.Image.Image"]  # noqa: F821
@@ -90,11 +92,16 @@ class Detector:
     def __init__(self, backend: Backend, *, params: DetectParams | None = None) -> None:
         self.backend = backend
         self.config: SSDConfig = backend.config
-        self.params: DetectParams = params or self.config.detect
+        #: Baked Detect of an end-to-end artifact (docs/end_to_end.md), else ``None``; its
+        #: parameters are the default there, so that the graph's detections are used.
+        self.end_to_end = getattr(backend, "end_to_end", None)
+        baked = self.end_to_end.params if self.end_to_end is not None else None
+        self.params: DetectParams = params or baked or self.config.detect
         self.params.validate()
         self.priors = prior_boxes(self.config.prior)
         self._names = np.asarray(self.config.class_names, dtype=object)
         self.variances = self.config.variances
+        self._warned_fallback = False
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, params: DetectParams | None = None, **backend_options: Any) -> "Detector":
@@ -224,6 +231,20 @@ class Detector:
         t0 = time.perf_counter()
         batch, sizes = preprocess(items, self.config)
         t1 = time.perf_counter()
+        if self.in_graph(params):
+            dets_rows, counts = self._infer_in_graph(batch, timings)
+            t2 = time.perf_counter()
+            kept = in_graph_kept(dets_rows, counts, params, self.end_to_end)
+            results = self._to_pixels(kept_as_list(kept, len(items)), sizes)
+            array = None
+            if return_array:
+                array = kept_as_array(kept, len(items), self.config.num_classes, params.top_k)
+            t3 = time.perf_counter()
+            if timings is not None:
+                # Decode + NMS ran in the engine: "postprocess" is only the unpacking left here.
+                timings.update(preprocess=t1 - t0, postprocess=t3 - t2, total=t3 - t0)
+                timings.setdefault("compute", t2 - t1)
+            return results, array
         loc, conf = self._infer(batch, timings)
         t2 = time.perf_counter()
         if return_array:
@@ -237,20 +258,56 @@ class Detector:
             timings.setdefault("compute", t2 - t1)
         return results, array
 
-    def _infer(self, batch: np.ndarray, timings: dict[str, float] | None) -> tuple[np.ndarray, np.ndarray]:
+    def in_graph(self, params: DetectParams | None = None) -> bool:
+        """Whether Detect with ``params`` (default: the detector's) is read from the graph's own
+        ``detections``: only for end-to-end artifacts whose baked parameters cover the request.
+        Looser requests fall back to the numpy Detect on ``loc``/``conf`` (with a warning, once)."""
+        if self.end_to_end is None:
+            return False
+        params = params or self.params
+        why = in_graph_mismatch(self.end_to_end, params, self.config.num_priors)
+        if why and not self._warned_fallback:
+            self._warned_fallback = True
+            warnings.warn(
+                f"{self.backend.path}: {why}; running the numpy Detect on loc/conf instead of the "
+                "graph's detections (warned once)", RuntimeWarning, stacklevel=4,
+            )  # fmt: skip
+        return why is None
+
+    def _infer_in_graph(
+        self, batch: np.ndarray, timings: dict[str, float] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(detections, num_detections)`` for a preprocessed batch."""
+        rows, nums = [], []
+        for part, m in self._parts(batch):
+            t0 = time.perf_counter()
+            dets, num = self.backend.run_detections(part)  # type: ignore[attr-defined]
+            if timings is not None:
+                timings["compute"] = timings.get("compute", 0.0) + time.perf_counter() - t0
+            rows.append(dets[:m])
+            nums.append(num[:m])
+        return np.concatenate(rows), np.concatenate(nums)
+
+    def _parts(self, batch: np.ndarray) -> Iterator[tuple[np.ndarray, int]]:
+        """The batch in pieces the artifact accepts, each with its count of real images: split above
+        the largest batch, zero-padded below the smallest (static-batch artifacts)."""
         s = self.config.size
         if batch.ndim != 4 or batch.shape[1:] != (3, s, s):
             raise ValueError(f"expected a batch [N,3,{s},{s}], got {batch.shape}")
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         lo, hi = self.backend.batch_range
         n = batch.shape[0]
-        chunk = hi if hi is not None else n
-        locs, confs = [], []
-        for start in range(0, n, max(chunk, 1)):
+        chunk = max(hi if hi is not None else n, 1)
+        for start in range(0, n, chunk):
             part = batch[start:start + chunk]
             m = part.shape[0]
-            if m < lo:  # static-batch artifacts: pad with zeros, drop the padding afterwards
+            if m < lo:
                 part = np.concatenate([part, np.zeros((lo - m,) + part.shape[1:], np.float32)])
+            yield part, m
+
+    def _infer(self, batch: np.ndarray, timings: dict[str, float] | None) -> tuple[np.ndarray, np.ndarray]:
+        locs, confs = [], []
+        for part, m in self._parts(batch):
             if timings is None:
                 loc, conf = self.backend.run(part)
             else:

@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any, Callable, NamedTuple, Protocol
 
 from ..config import PRECISION_KEY, RECIPE_KEY, ConfigError, SSDConfig
-from ..contract import INPUT, sha256_file
+from ..contract import DETECTIONS, INPUT, NUM_DETECTIONS, sha256_file
 from ..contract import REQUIRED_OUTPUTS as CONTRACT_OUTPUTS
 from ..errors import SSDDeployError, one_line
 from ..fileio import atomic_write
@@ -36,6 +36,7 @@ from .trtlog import make_logger
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_NAME = INPUT
 REQUIRED_OUTPUTS = CONTRACT_OUTPUTS
+_E2E_OUTPUTS = (DETECTIONS, NUM_DETECTIONS)
 #: TensorRT's highest builder optimization level (11.x documents 0..5, default 3).
 MAX_OPT_LEVEL = 5
 
@@ -302,6 +303,10 @@ class BuildOptions:
     device: int = 0
     #: Keep outputs besides loc and conf (the export's constant ``priors``) in the engine.
     keep_extra_outputs: bool = False
+    #: End-to-end ONNX (docs/end_to_end.md): keep ``detections``/``num_detections`` so the engine
+    #: runs Detect too. Off by default: without it those outputs are unmarked and TensorRT drops
+    #: the Detect nodes (equal-score order in TensorRT's NMS is unverified, see the GPU test).
+    end_to_end: bool = False
     verbose: bool = False
 
     @property
@@ -404,6 +409,11 @@ def build_plan(
     """
     opts.validate()
     info = read_onnx_info(opts.onnx)
+    if opts.end_to_end and not set(_E2E_OUTPUTS) <= set(info.output_names):
+        raise BuildError(
+            f"{info.path}: an end-to-end engine needs the outputs {list(_E2E_OUTPUTS)} (export with "
+            f"--end-to-end); the file has {info.output_names}"
+        )
     if info.static_batch is not None:
         bad = [str(p) for p in opts.profiles if not p.min == p.max == info.static_batch]
         if bad:
@@ -454,7 +464,7 @@ def build_plan(
         # buffer per context and has no batch dimension, which Triton's batching cannot serve.
         for i in reversed(range(network.num_outputs)):
             out_tensor = network.get_output(i)
-            if out_tensor.name not in REQUIRED_OUTPUTS:
+            if out_tensor.name not in REQUIRED_OUTPUTS + (_E2E_OUTPUTS if opts.end_to_end else ()):
                 network.unmark_output(out_tensor)
     output_names = [str(network.get_output(i).name) for i in range(network.num_outputs)]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ..contract import DETECTIONS, NUM_DETECTIONS
 from .facts import EngineFacts
 from .layout import IMAGE_INPUT, OUTPUTS, TritonError
 from .pbtxt import Sym
@@ -116,3 +117,19 @@ def ensemble_config(facts: EngineFacts, opts: RepoOptions) -> dict[str, Any]:
         "output": [_tensor(o, t, d) for o, t, d in OUTPUTS],
         "ensemble_scheduling": {"step": steps},
     }
+
+
+def end_to_end_config(facts: EngineFacts, opts: RepoOptions) -> dict[str, Any]:
+    """The single model of an end-to-end artifact: preprocessed images in, detections out.
+
+    ``num_detections`` is ``[N]``: Triton declares a batch-only tensor as ``dims [1]`` reshaped to
+    ``[]``. ``loc``/``conf`` stay available; ``priors`` (no batch dimension) is not declared.
+    """
+    cfg = engine_config(facts, opts)
+    d = facts.end_to_end.max_detections
+    cfg["name"] = opts.name
+    cfg["output"] = cfg["output"] + [
+        _tensor(DETECTIONS, "TYPE_FP32", [d, 6]),
+        {**_tensor(NUM_DETECTIONS, "TYPE_INT32", [1]), "reshape": {"shape": []}},
+    ]
+    return cfg

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..config import ConfigError, SSDConfig
-from ..contract import CONF, INPUT, LOC, PRECISION_KEY, artifact_kind
+from ..contract import CONF, DETECTIONS, INPUT, LOC, PRECISION_KEY, artifact_kind
 from .layout import TritonError
 
 
@@ -25,6 +26,8 @@ class EngineFacts:
     opt_batch: int | None = None
     profile_index: int | None = None
     notes: list[str] = field(default_factory=list)
+    #: Detect baked into the graph (docs/end_to_end.md): the repository is then the engine alone.
+    end_to_end: Any = None
 
     @property
     def input_dims(self) -> list[int]:
@@ -130,10 +133,16 @@ def _onnx_facts(path: Path, max_batch: int | None) -> EngineFacts:
             f"{path}: the batch dimension is fixed to {shape[0]}; Triton batching needs a dynamic "
             "batch (python -m ssd_deploy.export writes one)"
         )
+    from ..endtoend import read_end_to_end
+
+    try:
+        baked = read_end_to_end(meta, str(path)) if DETECTIONS in outputs else None
+    except ConfigError as e:
+        raise TritonError(str(e)) from None
     return EngineFacts(
         path=path, platform="onnxruntime_onnx", config=config,
         precision=meta.get(PRECISION_KEY, "fp32"), input_name=INPUT,
-        output_names=(LOC, CONF), max_batch=max_batch or 8,
+        output_names=(LOC, CONF), max_batch=max_batch or 8, end_to_end=baked,
     )  # fmt: skip
 
 

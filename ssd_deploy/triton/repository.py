@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from .check import check_repository
-from .configs import RepoOptions, engine_config, ensemble_config, python_config
+from .configs import RepoOptions, end_to_end_config, engine_config, ensemble_config, python_config
 from .facts import EngineFacts, engine_facts
 from .layout import CONFIG_FILE, MODEL_FILES, TEMPLATE, TritonError
 from .pbtxt import to_pbtxt
@@ -66,12 +66,21 @@ def generate(
     if out.exists() and not out.is_dir():
         raise TritonError(f"{out}: exists and is not a folder")
 
-    configs = {
-        f"{opts.name}_engine": engine_config(facts, opts),
-        f"{opts.name}_preprocess": python_config(f"{opts.name}_preprocess", "preprocess", facts, opts),
-        f"{opts.name}_postprocess": python_config(f"{opts.name}_postprocess", "postprocess", facts, opts),
-        opts.name: ensemble_config(facts, opts),
-    }
+    if facts.end_to_end is not None:
+        if opts.detect_overrides:
+            raise TritonError(
+                f"{facts.path}: Detect is baked into this end-to-end artifact; re-export it with the "
+                "parameters wanted instead of overriding them here"
+            )
+        # One model, no Python backend: the engine itself returns the detections.
+        configs = {opts.name: end_to_end_config(facts, opts)}
+    else:
+        configs = {
+            f"{opts.name}_engine": engine_config(facts, opts),
+            f"{opts.name}_preprocess": python_config(f"{opts.name}_preprocess", "preprocess", facts, opts),
+            f"{opts.name}_postprocess": python_config(f"{opts.name}_postprocess", "postprocess", facts, opts),
+            opts.name: ensemble_config(facts, opts),
+        }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -21,7 +21,9 @@ def surfaces(trt_surface, cudart_surface) -> tc.Surfaces:
 
 
 def _project_files() -> list[Path]:
-    return [p for p in sorted(SRC.rglob("*.py")) if tc.uses_tensorrt(p.read_text())]
+    # The library, and the test helper that runs real plans on a GPU (trt_all_outputs.py).
+    files = [*sorted(SRC.rglob("*.py")), Path(__file__).with_name("trt_all_outputs.py")]
+    return [p for p in files if tc.uses_tensorrt(p.read_text())]
 
 
 # -- facts about 11.4 the design relies on ---------------------------------------------------------

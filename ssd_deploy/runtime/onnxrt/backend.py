@@ -10,7 +10,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ...config import ConfigError, SSDConfig
-from ...contract import CONF, INPUT, LOC, PRECISION_KEY, PRIORS, RECIPE_KEY
+from ...contract import CONF, DETECTIONS, INPUT, LOC, NUM_DETECTIONS, PRECISION_KEY, PRIORS, RECIPE_KEY
+from ...endtoend import read_end_to_end
+from ...errors import InputError
 from ...priors import prior_boxes
 from ..backend import Backend, BackendError
 
@@ -103,6 +105,13 @@ class OnnxRuntimeBackend(Backend):
         n = shape[0]
         self._batch_range: tuple[int, int | None] = (n, n) if isinstance(n, int) else (1, None)
         self._has_priors = PRIORS in outs
+        # End-to-end artifacts (docs/end_to_end.md): Detect also runs in the graph.
+        self.end_to_end = None
+        if {DETECTIONS, NUM_DETECTIONS} <= outs.keys():
+            try:
+                self.end_to_end = read_end_to_end(self.metadata, str(p))
+            except InputError as e:
+                raise BackendError(str(e)) from None
 
     @property
     def session(self) -> Any:
@@ -132,6 +141,13 @@ class OnnxRuntimeBackend(Backend):
             return loc, conf
         loc, conf = self._session.run([LOC, CONF], {INPUT: images})
         return loc, conf
+
+    def run_detections(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """End-to-end artifacts only: ``(detections [N, D, 6], num_detections [N])`` from the graph."""
+        if self.end_to_end is None:
+            raise BackendError(f"{self.path}: not an end-to-end artifact (no {DETECTIONS} output)")
+        dets, num = self._session.run([DETECTIONS, NUM_DETECTIONS], {"images": images})
+        return dets, num
 
     def describe(self) -> dict[str, object]:
         import onnxruntime as ort
