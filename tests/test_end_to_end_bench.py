@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ssd_deploy.bench import main
+from ssd_deploy.cli.bench import main
 from ssd_deploy.endtoend import add_end_to_end
 from tests.test_bench import _tiny_onnx
 

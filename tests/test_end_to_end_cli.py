@@ -14,7 +14,7 @@ from ssd_deploy.config import SSDConfig
 from ssd_deploy.contract import CONFIG_KEY, DETECTIONS, END_TO_END_KEY, NUM_DETECTIONS
 from ssd_deploy.endtoend import add_end_to_end
 from ssd_deploy.postprocess import detect
-from ssd_deploy.quantize.testing import tiny_ssd
+from quantize_models import tiny_ssd
 from tests.test_end_to_end import assert_same_as_numpy
 from tests.test_quantize_cli import _write_images
 

@@ -107,7 +107,7 @@ def test_int8_graph_from_ssd_quantize(tmp_path, capsys):
     import onnx
 
     from ssd_deploy.cli.quantize import main as quantize_main
-    from ssd_deploy.quantize.testing import tiny_ssd
+    from quantize_models import tiny_ssd
     from tests.test_quantize_cli import _write_images
 
     onnx.save(tiny_ssd(), str(tmp_path / "tiny.onnx"))

@@ -7,7 +7,7 @@ import pytest
 
 import ssd_deploy.triton as gen
 from ssd_deploy.endtoend import add_end_to_end
-from ssd_deploy.quantize.testing import tiny_ssd
+from quantize_models import tiny_ssd
 from ssd_deploy.triton import RepoOptions, TritonError
 
 pytest.importorskip("onnxruntime")
