@@ -182,7 +182,9 @@ def test_health_and_readiness(server):
     status, info = _get(server.url + "/readyz")
     assert status == 200 and info["ready"] is True
     assert info["model"] == "ssd300_voc" and info["backend"] == "onnxruntime" and info["max_batch"] == 8
-    assert info["limits"] == {"max_body_bytes": MAX_BODY, "max_pixels": MAX_PIXELS}
+    assert info["limits"] == {"max_body_bytes": MAX_BODY, "max_pixels": MAX_PIXELS, "max_top_k": 1000,
+                              "max_detections": 1000}  # fmt: skip
+    assert info["max_pending"] == 32 and info["pending"] == 0  # 4 x max_batch by default
 
 
 def test_concurrent_clients_get_the_direct_detector_result(server, detector, uploads):
