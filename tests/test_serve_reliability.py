@@ -159,7 +159,7 @@ def image_and_answer(sample_paths, ssd300_onnx):
 def _assert_same(got: dict, want: dict) -> None:
     assert (got["width"], got["height"]) == (want["width"], want["height"])
     assert len(got["detections"]) == len(want["detections"]) > 0
-    key = lambda d: (d["class_id"], -d["score"])  # noqa: E731 - equal scores: compare as sets
+    key = lambda d: (d["class_id"], -d["score"])  # equal scores: compare as sets
     for a, b in zip(sorted(got["detections"], key=key), sorted(want["detections"], key=key)):
         assert a["class_id"] == b["class_id"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
         np.testing.assert_allclose(a["box"], b["box"], atol=0.05)
@@ -227,7 +227,9 @@ def test_stalled_clients_do_not_block_probes_or_a_valid_request(service, image_a
 )
 def test_expensive_or_invalid_parameters_are_400(service, image_and_answer, query, message):
     t0 = time.monotonic()
-    status, _, payload = _request(service["port"], "POST", f"/detect?{query}", image_and_answer[0], "image/jpeg")
+    status, _, payload = _request(
+        service["port"], "POST", f"/detect?{query}", image_and_answer[0], "image/jpeg"
+    )
     assert (status, time.monotonic() - t0 < 5) == (400, True), payload
     assert message in payload["error"] and "\n" not in payload["error"]
 
@@ -239,7 +241,10 @@ def test_the_largest_allowed_request_is_answered_and_capped(service, image_and_a
 
 
 def test_router_errors_are_json(service):
-    assert _request(service["port"], "GET", "/detect")[::2] == (405, {"error": "Method Not Allowed: GET /detect"})
+    assert _request(service["port"], "GET", "/detect")[::2] == (
+        405,
+        {"error": "Method Not Allowed: GET /detect"},
+    )
     assert _request(service["port"], "GET", "/nothing")[::2] == (404, {"error": "Not Found: GET /nothing"})
 
 
@@ -280,7 +285,9 @@ def test_a_burst_beyond_the_bound_gets_503_with_retry_after(service, image_and_a
 
 def test_disconnects_are_one_log_line(service):
     s = socket.create_connection(("127.0.0.1", service["port"]))
-    s.sendall(b"POST /detect HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\nab")
+    s.sendall(
+        b"POST /detect HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\nab"
+    )
     time.sleep(0.5)
     s.close()
     # Serve's proxy cancels the handler: its own line, the replica's access line (CANCELLED) or
@@ -308,7 +315,7 @@ def test_prometheus_metrics(service):
     assert values['ssd_requests_total{code="400",endpoint="detect"}'] >= 7
     assert values['ssd_rejected_total{reason="busy"}'] >= 1
     assert values['ssd_rejected_total{reason="timeout"}'] >= 1
-    assert values["ssd_request_seconds_count{endpoint=\"detect\"}"] >= 10
+    assert values['ssd_request_seconds_count{endpoint="detect"}'] >= 10
     assert values["ssd_batch_size_count"] >= 1 and values['ssd_batch_size_bucket{le="2.0"}'] >= 1
 
 

@@ -30,7 +30,9 @@ class ServiceMetrics:
     - ``ssd_pending_requests``: detection requests admitted and not yet answered.
     """
 
-    def __init__(self, port: int | None, host: str = "127.0.0.1", *, max_batch: int = 8, tries: int = 16) -> None:
+    def __init__(
+        self, port: int | None, host: str = "127.0.0.1", *, max_batch: int = 8, tries: int = 16
+    ) -> None:
         self.port: int | None = None
         self._server: Any = None
         if port is None:

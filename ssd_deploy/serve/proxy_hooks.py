@@ -19,7 +19,14 @@ import logging
 import os
 from typing import Any
 
-__all__ = ["CALLBACK_PATH", "ENV_CALLBACK", "ENV_TIMEOUT", "install", "loopback_replica_grpc", "patch_protocol"]
+__all__ = [
+    "CALLBACK_PATH",
+    "ENV_CALLBACK",
+    "ENV_TIMEOUT",
+    "install",
+    "loopback_replica_grpc",
+    "patch_protocol",
+]
 
 ENV_CALLBACK = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 ENV_TIMEOUT = "SSD_SERVE_HEADER_TIMEOUT_S"
@@ -124,7 +131,7 @@ def loopback_replica_grpc() -> None:
 
     def add_port(server: Any, address: str) -> Any:
         if address.startswith("[::]:"):
-            address = "127.0.0.1:" + address[len("[::]:"):]
+            address = "127.0.0.1:" + address[len("[::]:") :]
         return original(server, address)
 
     add_port._ssd_loopback = True  # type: ignore[attr-defined]
