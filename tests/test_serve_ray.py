@@ -119,10 +119,17 @@ def test_cli_starts_answers_and_stops_on_sigint(ssd300_onnx):
         info = json.loads(line)
         assert info["url"] == f"http://127.0.0.1:{port}" and info["model"] == "ssd300_voc"
         assert _get(info["url"] + "/healthz") == (200, {"status": "ok"})
+        from test_serve_reliability import _alive, _tree
+
+        tree = _tree(proc.pid)
         proc.send_signal(signal.SIGINT)
         err = proc.stderr.read()
         assert proc.wait(timeout=90) == 0, err[-2000:]
         assert "stopped" in err
+        deadline = time.monotonic() + 15
+        while _alive(tree) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _alive(tree), _alive(tree)  # no Ray process is left behind
     finally:
         if proc.poll() is None:
             proc.kill()
