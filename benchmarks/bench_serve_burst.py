@@ -104,17 +104,19 @@ def _burst(port: int, clients: int, total: int, blobs: list[bytes], probe_every_
                 probes.append(float("inf"))
             time.sleep(probe_every_s)
 
-    with ThreadPoolExecutor(clients + 1) as pool:
-        futures = [pool.submit(client, i) for i in range(clients)]
-        probe = threading.Thread(target=prober)
-        gate.wait()
-        t0 = time.perf_counter()
-        probe.start()
-        for f in futures:
-            f.result()
-        wall = time.perf_counter() - t0
-        done.set()
-        probe.join()
+    probe = threading.Thread(target=prober, daemon=True)
+    try:
+        with ThreadPoolExecutor(clients + 1) as pool:
+            futures = [pool.submit(client, i) for i in range(clients)]
+            gate.wait()
+            t0 = time.perf_counter()
+            probe.start()
+            for f in futures:
+                f.result()
+            wall = time.perf_counter() - t0
+    finally:
+        done.set()  # also on Ctrl-C: the prober must not outlive the run
+    probe.join()
     return {
         "served": len(served), "refused": len(refused), "errors": len(other), "wall_s": wall,
         "served_p50_ms": _pct(served, 50), "served_p99_ms": _pct(served, 99),
