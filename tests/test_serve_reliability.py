@@ -172,6 +172,35 @@ def _valid(service, image_and_answer) -> None:
     _assert_same(payload, want)
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"max_pending": 0}, "max_pending must be >= 1 or -1"),
+        ({"max_queued_requests": 0}, "max_queued_requests must be >= 1 or -1"),
+        ({"max_ongoing_requests": 0}, "max_ongoing_requests must be >= 1"),
+        ({"body_timeout_s": float("nan")}, "body_timeout_s must be in"),
+        ({"header_timeout_s": 0.0}, "header_timeout_s must be in"),
+        ({"max_top_k": 10**6}, "max_top_k must be <= 10000"),
+        ({"max_detections": 0}, "limits must be positive"),
+        ({"metrics_port": 70000}, "metrics_port must be in"),
+    ],
+)
+def test_bounds_are_validated_before_anything_starts(tmp_path, change, message):
+    from ssd_deploy.serve import ServeError, ServeOptions
+
+    with pytest.raises(ServeError, match=message):
+        ServeOptions(str(tmp_path / "x.onnx"), **change)
+
+
+def test_default_bounds():
+    from ssd_deploy.serve import ServeOptions
+
+    o = ServeOptions("x.onnx", max_batch=8)
+    assert (o.pending_per_replica, o.ongoing_per_replica, o.max_queued_requests) == (32, 128, 64)
+    assert ServeOptions("x.onnx", max_pending=100).ongoing_per_replica == 216  # probes keep room
+    assert ServeOptions("x.onnx", max_pending=-1).ongoing_per_replica == 128
+
+
 def test_every_listening_socket_of_the_service_is_loopback(service):
     socks = _listening(_tree(service["proc"].pid))
     ports = {p for _, _, p in socks}
