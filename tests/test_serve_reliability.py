@@ -201,6 +201,19 @@ def test_default_bounds():
     assert ServeOptions("x.onnx", max_pending=-1).ongoing_per_replica == 128
 
 
+def test_an_unexpected_error_is_one_json_line():
+    import asyncio
+
+    from starlette.exceptions import HTTPException
+
+    from ssd_deploy.serve import app
+
+    handlers = app.api.exception_handlers
+    assert handlers[Exception] is app._unexpected and HTTPException in handlers
+    r = asyncio.run(app._unexpected(None, RuntimeError("kaput\nsecond line")))
+    assert r.status_code == 500 and json.loads(r.body) == {"error": "internal error: RuntimeError: kaput"}
+
+
 def test_every_listening_socket_of_the_service_is_loopback(service):
     socks = _listening(_tree(service["proc"].pid))
     ports = {p for _, _, p in socks}

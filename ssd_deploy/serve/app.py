@@ -215,6 +215,13 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
                  headers=dict(exc.headers or {}))  # fmt: skip
 
 
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # A bug, not the client's fault: still one JSON line for the client (Serve logs the traceback).
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return _json({"error": f"internal error: {type(exc).__name__}: {first}"}, 500)
+
+
 class _Disconnected(Exception):
     """The client went away while its request was read or worked on."""
 
