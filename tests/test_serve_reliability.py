@@ -214,6 +214,29 @@ def test_an_unexpected_error_is_one_json_line():
     assert r.status_code == 500 and json.loads(r.body) == {"error": "internal error: RuntimeError: kaput"}
 
 
+def test_sigterm_during_start_up_is_exit_130_and_leaves_nothing(ssd300_onnx):
+    cmd = [sys.executable, "-m", "ssd_deploy.serve.cli", "--engine", str(ssd300_onnx), "--port", str(_free_port()),
+           "--quiet"]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert "starting" in proc.stderr.readline()
+        time.sleep(1.5)  # inside ray.init (it takes several seconds)
+        tree = _tree(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 130
+        err = proc.stderr.read()
+        assert "interrupted while starting; stopped" in err and "Traceback" not in err, err[-2000:]
+        deadline = time.monotonic() + 15
+        while _alive(tree) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _alive(tree), _alive(tree)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
 def test_every_listening_socket_of_the_service_is_loopback(service):
     socks = _listening(_tree(service["proc"].pid))
     ports = {p for _, _, p in socks}

@@ -512,6 +512,12 @@ def _local_ray_init(options: ServeOptions) -> None:
             configure_logging=True,
             logging_level="WARNING",
         )
+    except BaseException as e:
+        ray.shutdown()  # whatever ray.init started before it was interrupted
+        if isinstance(e, SystemExit) and e.code == signal.SIGTERM:
+            # SIGTERM while ray.init runs reaches Ray's own handler (sys.exit(15)): an interrupt.
+            raise KeyboardInterrupt from None
+        raise
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved_flag
         for k, v in saved_env.items():
