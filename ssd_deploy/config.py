@@ -44,6 +44,11 @@ COCO_CLASSES: tuple[str, ...] = (
 
 
 CLIP_MODES = ("all", "wh", "none")
+#: Largest ``top_k`` (NMS candidates per class) accepted anywhere. The classic output array is
+#: ``[B, classes, top_k, 5]`` float32, so the cap bounds it (21 classes: 4.2 MB per image) where
+#: ``top_k=10**9`` would ask for hundreds of GiB; no SSD layout has this many priors per class worth
+#: keeping (SSD512 has 24,564 priors in all).
+MAX_TOP_K = 10_000
 
 
 class ConfigError(InputError):
@@ -131,8 +136,8 @@ class DetectParams:
             raise ConfigError(f"conf_thresh must be in [0, 1), got {self.conf_thresh}")
         if not 0.0 < self.nms_thresh <= 1.0:
             raise ConfigError(f"nms_thresh must be in (0, 1], got {self.nms_thresh}")
-        if self.top_k < 1:
-            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+        if not 1 <= self.top_k <= MAX_TOP_K:
+            raise ConfigError(f"top_k must be in [1, {MAX_TOP_K}], got {self.top_k}")
         if self.keep_top_k is not None and self.keep_top_k < 1:
             raise ConfigError(f"keep_top_k must be >= 1 or None, got {self.keep_top_k}")
         if self.wh_clamp is not None and not (math.isfinite(self.wh_clamp) and self.wh_clamp > 0):

@@ -61,14 +61,19 @@ def start_ray(
     num_cpus: int | None = None,
     object_store_bytes: int | None = None,
     extra: str = "batch",
+    include_dashboard: bool = False,
+    log_to_driver: bool = True,
+    env: dict[str, str] | None = None,
 ) -> bool:
     """Make sure this process is connected to Ray; returns True when this call started it
     (the caller then calls ``ray.shutdown()`` when done) and False when Ray was already up.
 
     ``address=None`` (or ``"local"``) starts a private single-node Ray on loopback with
     ``num_cpus`` logical CPUs (default: this machine's) and an object store of
-    ``object_store_bytes``. Any other address (``"auto"``, ``"HOST:6379"``, ``"ray://HOST:10001"``)
-    joins that cluster.
+    ``object_store_bytes``; ``env`` is set for every process that Ray starts (only while it
+    starts), ``include_dashboard`` puts the dashboard on 127.0.0.1. Any other address (``"auto"``,
+    ``"HOST:6379"``, ``"ray://HOST:10001"``) joins that cluster. SIGTERM or Ctrl-C during the
+    start-up shut down what was started and raise ``KeyboardInterrupt``.
     """
     ray = optional_import("ray", extra=extra)
     if ray.is_initialized():
@@ -76,7 +81,8 @@ def start_ray(
     if address not in (None, "", "local"):
         try:
             with _keep_signal_handlers():
-                ray.init(address=address, logging_level="WARNING", configure_logging=True)
+                ray.init(address=address, logging_level="WARNING", configure_logging=True,
+                         log_to_driver=log_to_driver)  # fmt: skip
         except (ConnectionError, RuntimeError, ValueError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise InputError(f"--ray {address}: cannot connect to the Ray cluster ({first})") from None
@@ -85,22 +91,35 @@ def start_ray(
     if store < MIN_OBJECT_STORE_BYTES:
         raise InputError(f"object store of {store} bytes is below Ray's minimum of {MIN_OBJECT_STORE_BYTES}")
     _bind_loopback(ray)
-    with _keep_signal_handlers():
-        _init_local(ray, num_cpus, store)
+    saved_env = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        with _keep_signal_handlers():
+            ray.init(
+                address="local",
+                num_cpus=int(num_cpus or os.cpu_count() or 1),
+                object_store_memory=store,
+                include_dashboard=include_dashboard,
+                dashboard_host="127.0.0.1",
+                log_to_driver=log_to_driver,
+                # Nothing reads the metrics of a private Ray (no Prometheus scrapes it).
+                _system_config={"enable_metrics_collection": False},
+                logging_level="WARNING",
+                configure_logging=True,
+            )
+    except BaseException as e:
+        ray.shutdown()  # whatever ray.init started before it failed or was interrupted
+        if isinstance(e, SystemExit) and e.code == signal.SIGTERM:
+            # SIGTERM while ray.init runs reaches Ray's own handler (sys.exit(15)): an interrupt.
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return True
-
-
-def _init_local(ray: Any, num_cpus: int | None, store: int) -> None:
-    ray.init(
-        address="local",
-        num_cpus=int(num_cpus or os.cpu_count() or 1),
-        object_store_memory=store,
-        include_dashboard=False,
-        # Nothing reads the metrics of a private Ray (no dashboard, no Prometheus).
-        _system_config={"enable_metrics_collection": False},
-        logging_level="WARNING",
-        configure_logging=True,
-    )
 
 
 def local_cpus(actors: int, cpus_per_actor: float) -> int:

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from quantize_models import tiny_ssd
 
 from ssd_deploy.cli.quantize import main as quantize_main
 from ssd_deploy.config import SSDConfig
 from ssd_deploy.contract import CONFIG_KEY, DETECTIONS, END_TO_END_KEY, NUM_DETECTIONS
 from ssd_deploy.endtoend import add_end_to_end
 from ssd_deploy.postprocess import detect
-from quantize_models import tiny_ssd
 from tests.test_end_to_end import assert_same_as_numpy
 from tests.test_quantize_cli import _write_images
 

@@ -105,9 +105,9 @@ def test_real_ssd300_on_photos(ssd300_onnx, sample_paths, voc300, tmp_path):
 def test_int8_graph_from_ssd_quantize(tmp_path, capsys):
     """An INT8 (Q/DQ) end-to-end graph from ssd-quantize on OpenVINO, batch 1 and 3."""
     import onnx
+    from quantize_models import tiny_ssd
 
     from ssd_deploy.cli.quantize import main as quantize_main
-    from quantize_models import tiny_ssd
     from tests.test_quantize_cli import _write_images
 
     onnx.save(tiny_ssd(), str(tmp_path / "tiny.onnx"))

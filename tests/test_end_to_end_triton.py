@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import onnx
 import pytest
+from quantize_models import tiny_ssd
 
 import ssd_deploy.triton as gen
 from ssd_deploy.endtoend import add_end_to_end
-from quantize_models import tiny_ssd
 from ssd_deploy.triton import RepoOptions, TritonError
 
 pytest.importorskip("onnxruntime")

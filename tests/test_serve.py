@@ -172,8 +172,13 @@ def test_query_parameters():
     base = DetectParams(keep_top_k=200)
     p = params_from_query({"conf_thresh": "0.5", "top_k": "50", "nms_thresh": "0.3"}, base)
     assert (p.conf_thresh, p.top_k, p.nms_thresh, p.keep_top_k) == (0.5, 50, 0.3, 200)
-    assert params_from_query({"keep_top_k": "none"}, base).keep_top_k is None
     assert params_from_query({}, base) == base
+    # The artifact's uncapped default (keep_top_k=None) is capped at the server's limit.
+    limits = Limits(max_top_k=100, max_detections=50)
+    p = params_from_query({}, DetectParams(top_k=200, keep_top_k=None), limits)
+    assert (p.top_k, p.keep_top_k) == (100, 50)
+    p = params_from_query({"top_k": "100", "keep_top_k": "50"}, base, limits)
+    assert (p.top_k, p.keep_top_k) == (100, 50)
 
 
 @pytest.mark.parametrize(
@@ -184,13 +189,36 @@ def test_query_parameters():
         ({"conf_thresh": "nan"}, "finite"),
         ({"conf_thresh": "1.5"}, r"conf_thresh must be in \[0, 1\)"),
         ({"top_k": "2.5"}, "must be an integer"),
-        ({"top_k": "0"}, "top_k must be >= 1"),
+        ({"top_k": "0"}, r"top_k must be in \[1, 1000\]"),
+        ({"top_k": "1001"}, r"top_k must be in \[1, 1000\] \(this server's limit\), got 1001"),
+        ({"top_k": str(10**9)}, r"top_k must be in \[1, 1000\]"),
+        ({"keep_top_k": "none"}, "keep_top_k='none' is not served"),
+        ({"keep_top_k": "all"}, "is not served"),
+        ({"keep_top_k": "1001"}, r"keep_top_k must be in \[1, 1000\]"),
+        ({"keep_top_k": "0"}, r"keep_top_k must be in \[1, 1000\]"),
+        ({"nms_thresh": "0"}, r"nms_thresh must be in \(0, 1\]"),
+        ({"conf_thresh": "-1e-9"}, r"conf_thresh must be in \[0, 1\)"),
     ],
 )
 def test_bad_query_parameters_are_400(query, message):
     with pytest.raises(RequestError, match=message) as e:
         params_from_query(query, DetectParams())
     assert e.value.status == 400
+
+
+def test_limits_are_checked():
+    with pytest.raises(ValueError, match="max_top_k must be <= 10000"):
+        Limits(max_top_k=10**6)
+    with pytest.raises(ValueError, match="positive"):
+        Limits(max_detections=0)
+
+
+def test_library_caps_top_k_before_allocating():
+    from ssd_deploy.config import MAX_TOP_K, ConfigError
+
+    assert DetectParams(top_k=MAX_TOP_K).replace(conf_thresh=0.5).top_k == MAX_TOP_K
+    with pytest.raises(ConfigError, match=r"top_k must be in \[1, 10000\], got 1000000000"):
+        DetectParams().replace(top_k=10**9)
 
 
 # -- the service over a real export ------------------------------------------------------------------
@@ -233,6 +261,16 @@ def test_batched_requests_equal_direct_detector_calls(service, sample_paths):
             np.testing.assert_allclose(a["box"], b["box"], atol=0.05)
     assert len(got[3]["detections"]) <= 5
     assert service.info()["images"] >= 4
+
+
+def test_detector_refuses_a_huge_top_k_at_once(service):
+    from ssd_deploy.config import ConfigError
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(ConfigError, match="top_k must be in"):
+        service.detector.detect_array([image], top_k=10**9)
+    _, array = service.detector.detect_array([image], top_k=10_000, conf_thresh=0.5)
+    assert array.shape == (1, 21, 10_000, 5)  # the largest array the cap allows: 4.2 MB
 
 
 def test_service_limits(service):

@@ -119,10 +119,17 @@ def test_cli_starts_answers_and_stops_on_sigint(ssd300_onnx):
         info = json.loads(line)
         assert info["url"] == f"http://127.0.0.1:{port}" and info["model"] == "ssd300_voc"
         assert _get(info["url"] + "/healthz") == (200, {"status": "ok"})
+        from test_serve_reliability import _alive, _tree
+
+        tree = _tree(proc.pid)
         proc.send_signal(signal.SIGINT)
         err = proc.stderr.read()
         assert proc.wait(timeout=90) == 0, err[-2000:]
         assert "stopped" in err
+        deadline = time.monotonic() + 15
+        while _alive(tree) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _alive(tree), _alive(tree)  # no Ray process is left behind
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -182,7 +189,9 @@ def test_health_and_readiness(server):
     status, info = _get(server.url + "/readyz")
     assert status == 200 and info["ready"] is True
     assert info["model"] == "ssd300_voc" and info["backend"] == "onnxruntime" and info["max_batch"] == 8
-    assert info["limits"] == {"max_body_bytes": MAX_BODY, "max_pixels": MAX_PIXELS}
+    assert info["limits"] == {"max_body_bytes": MAX_BODY, "max_pixels": MAX_PIXELS, "max_top_k": 1000,
+                              "max_detections": 1000}  # fmt: skip
+    assert info["max_pending"] == 32 and info["pending"] == 0  # 4 x max_batch by default
 
 
 def test_concurrent_clients_get_the_direct_detector_result(server, detector, uploads):

@@ -57,9 +57,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-queued",
         type=int,
-        default=-1,
-        help="requests queued per app before answering 503 (default -1: no limit)",
+        default=64,
+        help="requests Serve holds when every replica has --max-ongoing in flight, then 503 (default 64; "
+        "-1: no limit)",
     )
+    p.add_argument(
+        "--max-pending",
+        type=int,
+        default=None,
+        help="detection requests one replica admits at once; more get 503 + Retry-After "
+        "(default 4 x --max-batch; -1: no limit)",
+    )
+    p.add_argument(
+        "--max-ongoing",
+        type=common.positive_int,
+        default=None,
+        help="connections one replica takes from Serve: uploads being read, probes, detection (default 128)",
+    )
+    p.add_argument("--body-timeout", type=common.finite_float, default=20.0,
+                   help="seconds an upload may take to arrive before 408 (default 20)")
+    p.add_argument("--header-timeout", type=common.finite_float, default=10.0,
+                   help="seconds a connection may take to send its request headers (default 10; "
+                   "local Ray only)")
+    p.add_argument("--max-top-k", type=common.positive_int, default=1000, help="largest top_k a request may ask for (default 1000)")
+    p.add_argument("--max-detections", type=common.positive_int, default=1000,
+                   help="largest keep_top_k a request may ask for; answers are capped at it (default 1000)")
+    p.add_argument("--metrics-port", type=common.non_negative_int, default=None,
+                   help="serve Prometheus metrics on this port (replicas: port, port+1, ...; default off)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics port (default 127.0.0.1)")
+    p.add_argument("--ray-dashboard", action="store_true",
+                   help="start Ray's dashboard (on 127.0.0.1) with the local Ray (default off)")
     p.add_argument(
         "--ray-address",
         default=None,
@@ -89,6 +116,11 @@ def execute(args: argparse.Namespace) -> int:
         num_cpus=args.cpus_per_replica, num_gpus=args.gpus_per_replica,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_pixels=int(args.max_megapixels * 1e6),
         max_queued_requests=args.max_queued, backend_options=backend_options,
+        max_pending=args.max_pending, max_ongoing_requests=args.max_ongoing,
+        body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout or None,
+        max_top_k=args.max_top_k, max_detections=args.max_detections,
+        metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+        include_dashboard=args.ray_dashboard,
         ray_address=args.ray_address, log_to_driver=not args.quiet,
         startup_timeout_s=args.startup_timeout,
     )  # fmt: skip
@@ -100,14 +132,27 @@ def execute(args: argparse.Namespace) -> int:
               "which has no authentication", file=sys.stderr)  # fmt: skip
 
     stop = threading.Event()
+    serving = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
+        # Serving: leave the wait loop and stop cleanly (exit 0). Still starting: interrupt the
+        # start-up, which removes what it started (exit 130).
         stop.set()
+        if not serving.is_set():
+            raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         print(f"ssd-serve: starting {options.replicas} replica(s) of {options.engine} ...", file=sys.stderr)
-        running = start(options)
+        running = None
+        try:
+            running = start(options)
+            serving.set()
+        except KeyboardInterrupt:
+            if running is not None:
+                running.stop()
+            print("ssd-serve: interrupted while starting; stopped", file=sys.stderr)
+            return 130
         with running:
             info = running.readiness() or {}
             print(json.dumps({"url": running.url, "model": info.get("model"), "backend": info.get("backend"),

@@ -10,6 +10,12 @@ HTTP API (all JSON):
 - ``GET /healthz`` - liveness: the replica's event loop answers.
 - ``GET /readyz`` - readiness: the model is loaded and warmed up; reports the model and limits.
 
+Both probes are answered by the replica's event loop without waiting behind detection work: a
+replica takes up to ``max_ongoing_requests`` connections from Serve (uploads being read, probes,
+detection), and admits at most ``max_pending`` detection requests itself; beyond that it answers
+503 with ``Retry-After`` at once. Uploads must arrive within ``body_timeout_s`` (else 408). Every
+error is ``{"error": "<one line>"}`` (docs/serving.md, "Limits and overload").
+
 From Python::
 
     from ssd_deploy.serve import ServeOptions, start
@@ -24,6 +30,7 @@ replicas where their resources (``num_gpus`` per replica for TensorRT plans) are
 # must see `Request` itself, not a string.
 import asyncio
 import json
+import logging
 import math
 import os
 import re
@@ -40,6 +47,8 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.responses import Response
     from ray import serve
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 except ImportError as _e:  # pragma: no cover - exercised only where the extra is missing
     raise ImportError(
         f"the Ray Serve app needs the 'serve' extra ({_e.name} is missing): pip install 'ssd_deploy[serve]'"
@@ -47,11 +56,22 @@ except ImportError as _e:  # pragma: no cover - exercised only where the extra i
 
 from ..contract import ONNX_SUFFIXES, PLAN_SUFFIXES
 from ..errors import SSDDeployError
+from .metrics import ServiceMetrics
+from .proxy_hooks import loopback_replica_grpc
 from .service import DetectionService, Limits, Prepared, RequestError
+
+# In a replica process of the local Ray: keep Serve's inter-deployment gRPC server on loopback.
+loopback_replica_grpc()
 
 __all__ = ["ServeOptions", "RunningService", "ServeError", "build_app", "start", "SSDDetector"]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: Serve's connections per replica by default: uploads being read, probes and detection work.
+DEFAULT_MAX_ONGOING = 128
+#: Requests Serve holds for a replica when every replica has ``max_ongoing_requests`` in flight.
+DEFAULT_MAX_QUEUED = 64
+
+log = logging.getLogger("ray.serve")
 
 
 class ServeError(SSDDeployError, RuntimeError):
@@ -73,10 +93,28 @@ class ServeOptions:
     num_gpus: float | None = None
     max_body_bytes: int = 16 * 1024 * 1024
     max_pixels: int = 40_000_000
-    #: Requests one replica works on at once (decoding + the batch queue); None: 4 x max_batch.
+    #: Largest ``top_k`` and ``keep_top_k`` a request may ask for (400 beyond).
+    max_top_k: int = 1000
+    max_detections: int = 1000
+    #: Detection requests one replica admits at once (decoding, waiting for a batch, running);
+    #: one more gets 503 + Retry-After at once. None: 4 x max_batch; -1: no limit.
+    max_pending: int | None = None
+    #: Serve's connections per replica (uploads being read, probes, detection); None: 128.
     max_ongoing_requests: int | None = None
-    #: Requests waiting for a replica before Serve answers 503; -1: no limit.
-    max_queued_requests: int = -1
+    #: Requests Serve holds when every replica has max_ongoing_requests in flight, then 503; -1: no limit.
+    max_queued_requests: int = DEFAULT_MAX_QUEUED
+    #: Seconds the whole request body may take to arrive (408 after); headers: header_timeout_s.
+    body_timeout_s: float = 20.0
+    #: Seconds a connection may take to send a request's headers before the proxy closes it
+    #: (installed into a locally started Ray's HTTP proxy; see proxy_hooks). None: no limit.
+    header_timeout_s: float | None = 10.0
+    #: Value of the Retry-After header on 503s (seconds).
+    retry_after_s: int = 1
+    #: Prometheus metrics on this port (replicas on one node: port, port+1, ...); None: off.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    #: Start Ray's dashboard with a locally started Ray (bound to loopback).
+    include_dashboard: bool = False
     #: Passed to ``Detector.load`` (e.g. ``{"intra_op_threads": 2}`` for ONNX Runtime).
     backend_options: dict[str, Any] = field(default_factory=dict)
     #: Connect to this Ray cluster ("auto" or "ray://host:10001"); None starts a local Ray.
@@ -102,6 +140,24 @@ class ServeOptions:
             raise ServeError(
                 f"upload and pixel limits must be positive, got {self.max_body_bytes}, {self.max_pixels}"
             )
+        try:
+            Limits(self.max_body_bytes, self.max_pixels, self.max_top_k, self.max_detections)
+        except ValueError as e:
+            raise ServeError(str(e)) from None
+        if self.max_pending is not None and (self.max_pending == 0 or self.max_pending < -1):
+            raise ServeError(f"max_pending must be >= 1 or -1 (no limit), got {self.max_pending}")
+        if self.max_ongoing_requests is not None and self.max_ongoing_requests < 1:
+            raise ServeError(f"max_ongoing_requests must be >= 1, got {self.max_ongoing_requests}")
+        if self.max_queued_requests == 0 or self.max_queued_requests < -1:
+            raise ServeError(f"max_queued_requests must be >= 1 or -1 (no limit), got {self.max_queued_requests}")
+        for name in ("body_timeout_s", "header_timeout_s"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and 0 < value <= 3600):
+                raise ServeError(f"{name} must be in (0, 3600], got {value}")
+        if not 0 <= self.retry_after_s <= 3600:
+            raise ServeError(f"retry_after_s must be in [0, 3600], got {self.retry_after_s}")
+        if self.metrics_port is not None and not 1 <= self.metrics_port <= 65535:
+            raise ServeError(f"metrics_port must be in [1, 65535], got {self.metrics_port}")
 
     @property
     def is_plan(self) -> bool:
@@ -114,9 +170,21 @@ class ServeOptions:
         return 1.0 if self.is_plan else 0.0
 
     @property
+    def pending_per_replica(self) -> int:
+        """Detection requests a replica admits; -1: no limit. By default enough to fill the
+        running batch, the next one and a little more, so a burst is refused, not queued."""
+        if self.max_pending is None:
+            return max(4 * self.max_batch, 8)
+        return self.max_pending
+
+    @property
     def ongoing_per_replica(self) -> int:
-        # Enough in flight per replica to fill one batch while the previous one runs.
-        return self.max_ongoing_requests or max(4 * self.max_batch, 8)
+        """Serve's concurrency per replica: above the admitted detection work so that probes and
+        uploads being read never wait behind it."""
+        if self.max_ongoing_requests is not None:
+            return self.max_ongoing_requests
+        pending = self.pending_per_replica
+        return max(DEFAULT_MAX_ONGOING, 2 * pending + 16) if pending > 0 else DEFAULT_MAX_ONGOING
 
     def check_engine(self) -> None:
         p = Path(self.engine)
@@ -131,14 +199,34 @@ class ServeOptions:
 api = FastAPI(title="ssd_deploy detection", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-def _json(content: Any, status: int = 200) -> Response:
+def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        json.dumps(content, separators=(",", ":")), status_code=status, media_type="application/json"
-    )
+        json.dumps(content, separators=(",", ":")), status_code=status, media_type="application/json",
+        headers=headers,
+    )  # fmt: skip
 
 
-async def _read_body(request: Request, limit: int, service: DetectionService) -> bytes:
-    """The request body, refused with 413 as soon as it is known to pass ``limit``."""
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    # 404 and 405 from the router: the same {"error": ...} shape as every other error.
+    return _json({"error": f"{exc.detail}: {request.method} {request.url.path}"}, exc.status_code,
+                 headers=dict(exc.headers or {}))  # fmt: skip
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # A bug, not the client's fault: still one JSON line for the client (Serve logs the traceback).
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return _json({"error": f"internal error: {type(exc).__name__}: {first}"}, 500)
+
+
+class _Disconnected(Exception):
+    """The client went away while its request was read or worked on."""
+
+
+async def _read_body(request: Request, limit: int, timeout_s: float, service: DetectionService) -> bytes:
+    """The request body, refused with 413 as soon as it is known to pass ``limit`` and with 408
+    when all of it has not arrived within ``timeout_s`` (a stalled upload must not hold a slot)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -147,25 +235,46 @@ async def _read_body(request: Request, limit: int, service: DetectionService) ->
             raise RequestError(400, f"invalid Content-Length {declared!r}") from None
         if n > limit:
             raise RequestError(413, service.body_too_large(n))
-    buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            raise RequestError(413, service.body_too_large())
-    return bytes(buf)
+
+    async def collect() -> bytes:
+        buf = bytearray()
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) > limit:
+                raise RequestError(413, service.body_too_large())
+        return bytes(buf)
+
+    try:
+        return await asyncio.wait_for(collect(), timeout_s)
+    except TimeoutError:
+        raise RequestError(408, f"the request body did not arrive within {timeout_s:g} s") from None
+    except ClientDisconnect:
+        raise _Disconnected() from None
+
+
+_REJECT_REASONS = {400: "bad_request", 408: "timeout", 413: "too_large", 415: "bad_request"}
 
 
 @serve.deployment(name="SSDDetector")
 @serve.ingress(api)
 class SSDDetector:
-    """A Serve replica: decodes requests in threads, runs them through one Detector in batches."""
+    """A Serve replica: decodes requests in threads, runs them through one Detector in batches,
+    and answers probes and refusals from its event loop without waiting behind that work."""
 
     def __init__(self, engine: str, settings: dict[str, Any]) -> None:
+        limits = Limits(settings["max_body_bytes"], settings["max_pixels"],
+                        settings.get("max_top_k", 1000), settings.get("max_detections", 1000))  # fmt: skip
         self.service = DetectionService(
-            engine, limits=Limits(settings["max_body_bytes"], settings["max_pixels"]),
-            backend_options=settings.get("backend_options") or {},
+            engine, limits=limits, backend_options=settings.get("backend_options") or {},
         )  # fmt: skip
         self.max_batch = int(settings["max_batch"])
+        self.max_pending = int(settings.get("max_pending", -1))
+        self.body_timeout_s = float(settings.get("body_timeout_s", 20.0))
+        self.retry_after_s = int(settings.get("retry_after_s", 1))
+        self.pending = 0
+        self.refused = 0
+        self.metrics = ServiceMetrics(settings.get("metrics_port"), settings.get("metrics_host", "127.0.0.1"),
+                                      max_batch=self.max_batch)  # fmt: skip
         # One inference thread: batches run one after another, off the event loop.
         self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssd-infer")
         self._run_batch.set_max_batch_size(self.max_batch)
@@ -179,25 +288,65 @@ class SSDDetector:
 
     @api.post("/detect")
     async def detect(self, request: Request) -> Response:
+        t0 = time.monotonic()
+        response = await self._detect(request, t0)
+        self.metrics.request("detect", response.status_code, time.monotonic() - t0)
+        return response
+
+    async def _detect(self, request: Request, t0: float) -> Response:
+        admitted = False
         try:
-            body = await _read_body(request, self.service.limits.max_body_bytes, self.service)
-            prepared = await asyncio.to_thread(
-                self.service.prepare, request.headers.get("content-type"), body, dict(request.query_params)
-            )  # fmt: skip
-        except RequestError as e:
-            return _json({"error": e.message}, e.status)
-        try:
-            await self._idle.wait()
-            result = await self._run_batch(prepared)
-        except Exception as e:  # noqa: BLE001 - any backend failure is this request's 500
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            return _json({"error": f"inference failed: {first}"}, 500)
-        return _json(result)
+            try:
+                body = await _read_body(request, self.service.limits.max_body_bytes, self.body_timeout_s,
+                                        self.service)  # fmt: skip
+                if 0 < self.max_pending <= self.pending:
+                    # Refuse at once rather than queue: latency stays bounded and a load balancer
+                    # can send the request elsewhere.
+                    self.refused += 1
+                    self.metrics.rejected("busy")
+                    return _json({"error": f"busy: {self.pending} requests in progress on this replica "
+                                           f"(limit {self.max_pending}); retry later"},
+                                 503, headers={"Retry-After": str(self.retry_after_s)})  # fmt: skip
+                admitted = True
+                self.pending += 1
+                self.metrics.pending(self.pending)
+                prepared = await asyncio.to_thread(
+                    self.service.prepare, request.headers.get("content-type"), body, dict(request.query_params)
+                )  # fmt: skip
+            except RequestError as e:
+                self.metrics.rejected(_REJECT_REASONS.get(e.status, "bad_request"))
+                headers = {"Connection": "close"} if e.status in (408, 413) else None
+                return _json({"error": e.message}, e.status, headers=headers)
+            try:
+                await self._idle.wait()
+                result = await self._run_batch(prepared)
+            except Exception as e:  # noqa: BLE001 - any backend failure is this request's 500
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                return _json({"error": f"inference failed: {first}"}, 500)
+            return _json(result)
+        except _Disconnected:
+            self._disconnected(t0, admitted)
+            return _json({"error": "client disconnected"}, 499)
+        except asyncio.CancelledError:
+            # The proxy cancels the handler when the client goes away.
+            self._disconnected(t0, admitted)
+            raise
+        finally:
+            if admitted:
+                self.pending -= 1
+                self.metrics.pending(self.pending)
+
+    def _disconnected(self, t0: float, admitted: bool) -> None:
+        """One log line per dropped client, no traceback."""
+        self.metrics.rejected("disconnect")
+        log.warning("client disconnected from POST /detect after %.2f s (%s)", time.monotonic() - t0,
+                    "before its answer" if admitted else "while sending its body")  # fmt: skip
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _run_batch(self, items: list[Prepared]) -> list[dict[str, Any]]:
         self._idle.clear()
         try:
+            self.metrics.batch(len(items))
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._infer_pool, self.service.run_batch, items)
         finally:
@@ -205,14 +354,20 @@ class SSDDetector:
 
     @api.get("/healthz")
     async def healthz(self) -> Response:
-        return _json({"status": "ok"})
+        t0 = time.monotonic()
+        response = _json({"status": "ok"})
+        self.metrics.request("healthz", 200, time.monotonic() - t0)
+        return response
 
     @api.get("/readyz")
     async def readyz(self) -> Response:
         if self.service.closed:
             return _json({"ready": False, "error": "detector closed"}, 503)
         info = self.service.info()
-        info.update(ready=True, max_batch=self.max_batch, uptime_s=round(time.time() - self.started, 1))
+        info.update(ready=True, max_batch=self.max_batch, uptime_s=round(time.time() - self.started, 1),
+                    pending=self.pending, max_pending=self.max_pending, refused=self.refused,
+                    body_timeout_s=self.body_timeout_s, metrics_port=self.metrics.port)  # fmt: skip
+        self.metrics.request("readyz", 200, 0.0)
         return _json(info)
 
     def check_health(self) -> None:
@@ -227,6 +382,9 @@ class SSDDetector:
         pool = getattr(self, "_infer_pool", None)
         if pool is not None:
             pool.shutdown(wait=False)
+        metrics = getattr(self, "metrics", None)
+        if metrics is not None:
+            metrics.close()
 
 
 def build_app(options: ServeOptions) -> Any:
@@ -234,12 +392,17 @@ def build_app(options: ServeOptions) -> Any:
     settings = {
         "max_batch": options.max_batch, "batch_wait_ms": options.batch_wait_ms,
         "max_body_bytes": options.max_body_bytes, "max_pixels": options.max_pixels,
-        "backend_options": dict(options.backend_options),
+        "max_top_k": options.max_top_k, "max_detections": options.max_detections,
+        "max_pending": options.pending_per_replica, "body_timeout_s": options.body_timeout_s,
+        "retry_after_s": options.retry_after_s, "metrics_port": options.metrics_port,
+        "metrics_host": options.metrics_host, "backend_options": dict(options.backend_options),
     }  # fmt: skip
     actor = {"num_cpus": options.num_cpus, "num_gpus": options.gpus_per_replica}
     return SSDDetector.options(
         num_replicas=options.replicas, ray_actor_options=actor,
         max_ongoing_requests=options.ongoing_per_replica, max_queued_requests=options.max_queued_requests,
+        # Stopping waits for requests in flight at most this long (Serve's default is 20 s).
+        graceful_shutdown_timeout_s=5.0, graceful_shutdown_wait_loop_s=0.5,
     ).bind(options.engine, settings)  # fmt: skip
 
 
@@ -307,21 +470,23 @@ class RunningService:
         self.stop()
 
 
-def _local_ray_init(options: ServeOptions) -> None:
+def _start_ray(options: ServeOptions) -> bool:
+    """Join ``options.ray_address``, or start a Ray for this process alone with every one of its
+    services on loopback (:func:`ssd_deploy.raylocal.start_ray`; docs/serving.md, "Security")."""
+    from ..raylocal import start_ray
+    from . import proxy_hooks
+
     cpus = options.ray_num_cpus
     if cpus is None:
         # Logical CPUs are a scheduling notion: never fewer than the replicas ask for, so a
         # request for more replicas than cores oversubscribes instead of waiting forever.
         cpus = max(os.cpu_count() or 1, math.ceil(options.replicas * options.num_cpus))
-    ray.init(
-        num_cpus=cpus,
-        # No dashboard web UI. Ray's own internal services still listen on the node's address
-        # (that is how a cluster forms; Ray guards them with its token authentication).
-        include_dashboard=False,
-        log_to_driver=options.log_to_driver,
-        configure_logging=True,
-        logging_level="WARNING",
-    )
+    env = {}
+    if options.header_timeout_s is not None:
+        env[proxy_hooks.ENV_CALLBACK] = proxy_hooks.CALLBACK_PATH
+        env[proxy_hooks.ENV_TIMEOUT] = repr(float(options.header_timeout_s))
+    return start_ray(options.ray_address, num_cpus=cpus, extra="serve", include_dashboard=options.include_dashboard,
+                     log_to_driver=options.log_to_driver, env=env)  # fmt: skip
 
 
 def _check_resources(options: ServeOptions) -> None:
@@ -363,12 +528,7 @@ def start(options: ServeOptions | str, **overrides: Any) -> RunningService:
     elif overrides:
         raise TypeError("pass either a ServeOptions or an engine path with keyword options")
     options.check_engine()
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        if options.ray_address:
-            ray.init(address=options.ray_address, log_to_driver=options.log_to_driver)
-        else:
-            _local_ray_init(options)
+    owns_ray = _start_ray(options)
     owns_serve = False
     running: RunningService | None = None
     try:

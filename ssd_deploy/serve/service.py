@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..config import ConfigError, DetectParams
+from ..config import MAX_TOP_K, ConfigError, DetectParams
 from ..errors import SSDDeployError
 from ..preprocess import ImageError, load_image, preprocess
 from ..runtime.backend import BackendError
@@ -59,14 +59,21 @@ class RequestError(SSDDeployError):
 @dataclass(frozen=True)
 class Limits:
     """What one request may cost. ``max_body_bytes`` caps the encoded upload, ``max_pixels`` the
-    decoded image (a small PNG can decode to gigabytes)."""
+    decoded image (a small PNG can decode to gigabytes), ``max_top_k`` the NMS candidates per class
+    a request may ask for and ``max_detections`` the detections one answer carries (``keep_top_k``):
+    with ``conf_thresh=0`` every candidate survives, so these two bound the post-processing time
+    and the size of the JSON answer (docs/serving.md, "Request limits")."""
 
     max_body_bytes: int = 16 * 1024 * 1024
     max_pixels: int = 40_000_000
+    max_top_k: int = 1000
+    max_detections: int = 1000
 
     def __post_init__(self) -> None:
-        if self.max_body_bytes < 1 or self.max_pixels < 1:
+        if min(self.max_body_bytes, self.max_pixels, self.max_top_k, self.max_detections) < 1:
             raise ValueError(f"limits must be positive, got {self}")
+        if self.max_top_k > MAX_TOP_K:
+            raise ValueError(f"max_top_k must be <= {MAX_TOP_K}, got {self.max_top_k}")
 
 
 @dataclass(frozen=True)
@@ -236,8 +243,16 @@ def _image_dimensions(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def params_from_query(query: Mapping[str, str], base: DetectParams) -> DetectParams:
-    """Detect parameters from ``?conf_thresh=0.5&top_k=100&keep_top_k=none``; 400 on bad values."""
+def params_from_query(
+    query: Mapping[str, str], base: DetectParams, limits: Limits | None = None
+) -> DetectParams:
+    """Detect parameters from ``?conf_thresh=0.5&top_k=100&keep_top_k=50``; 400 on bad values.
+
+    ``top_k`` and ``keep_top_k`` may not pass ``limits.max_top_k`` and ``limits.max_detections``
+    (``keep_top_k=none`` is refused: an answer is always capped); the artifact's own defaults are
+    clamped to the same limits when the request does not set them.
+    """
+    limits = limits or Limits()
     unknown = sorted(set(query) - set(QUERY_KEYS))
     if unknown:
         raise RequestError(
@@ -253,18 +268,23 @@ def params_from_query(query: Mapping[str, str], base: DetectParams) -> DetectPar
             if not math.isfinite(value):
                 raise RequestError(400, f"{key} must be finite, got {query[key]!r}")
             changes[key] = value
-    for key in ("top_k", "keep_top_k"):
+    caps = {"top_k": limits.max_top_k, "keep_top_k": limits.max_detections}
+    for key, cap in caps.items():
         if key in query:
             text = query[key].strip().lower()
             if key == "keep_top_k" and text in ("none", "all", ""):
-                changes[key] = None
-                continue
+                raise RequestError(
+                    400, f"keep_top_k={query[key]!r} is not served: pass a number in [1, {cap}]"
+                )
             try:
-                changes[key] = int(text)
+                value = int(text)
             except ValueError:
                 raise RequestError(400, f"{key} must be an integer, got {query[key]!r}") from None
-    if "keep_top_k" not in changes:
-        changes["keep_top_k"] = base.keep_top_k
+            if not 1 <= value <= cap:
+                raise RequestError(400, f"{key} must be in [1, {cap}] (this server's limit), got {value}")
+            changes[key] = value
+    changes.setdefault("top_k", min(base.top_k, limits.max_top_k))
+    changes.setdefault("keep_top_k", min(base.keep_top_k or limits.max_detections, limits.max_detections))
     try:
         return base.replace(**changes)
     except ConfigError as e:
@@ -311,7 +331,7 @@ class DetectionService:
         """Check and decode one request; raises :class:`RequestError` for anything malformed."""
         if len(body) > self.limits.max_body_bytes:
             raise RequestError(413, self.body_too_large(len(body)))
-        params = params_from_query(query or {}, self.detector.params)
+        params = params_from_query(query or {}, self.detector.params, self.limits)
         data = extract_image(content_type, body)
         dims = _image_dimensions(data)
         if dims is not None and dims[0] * dims[1] > self.limits.max_pixels:
@@ -366,7 +386,8 @@ class DetectionService:
             "num_classes": self.config.num_classes,
             "detect": {"conf_thresh": p.conf_thresh, "nms_thresh": p.nms_thresh, "top_k": p.top_k,
                        "keep_top_k": p.keep_top_k},
-            "limits": {"max_body_bytes": self.limits.max_body_bytes, "max_pixels": self.limits.max_pixels},
+            "limits": {"max_body_bytes": self.limits.max_body_bytes, "max_pixels": self.limits.max_pixels,
+                       "max_top_k": self.limits.max_top_k, "max_detections": self.limits.max_detections},
             "batches": self.batches, "images": self.images,
         }  # fmt: skip
 
