@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -11,11 +12,14 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from ..config import DetectParams, SSDConfig
+from ..contract import artifact_kind, describe_suffixes
 from ..postprocess import Detections, detect_both
 from ..postprocess import detect as _detect_normalised
 from ..preprocess import is_single_image, preprocess
 from ..priors import prior_boxes
 from .backend import Backend, BackendError
+
+_log = logging.getLogger(__name__)
 
 ImageInput = Union[str, os.PathLike, bytes, np.ndarray, Any]  # Any: PIL.Image.Image
 
@@ -59,13 +63,31 @@ class ImageDetections:
 
 
 def backend_for(path: str | os.PathLike[str], **options: Any) -> Backend:
-    """Open ``path`` with the backend its file type calls for."""
+    """Open ``path`` with the backend its file type calls for.
+
+    For ``.onnx`` files ``device`` picks the engine (:func:`choose_onnx_backend`): "openvino", an
+    ONNX Runtime device ("cpu", "cuda", "tensorrt"), or "auto"/``None``: the fastest one here.
+    OpenVINO IR (``.xml``) runs on OpenVINO.
+    """
     p = Path(path)
     suffix = p.suffix.lower()
-    if suffix in ONNX_SUFFIXES:
+    kind = artifact_kind(p)
+    if kind in ("onnx", "openvino"):
+        device = options.pop("device", None)
+        engine = "openvino" if kind == "openvino" else choose_onnx_backend(device, options.get("precision"))
+        if device in (None, "auto") and kind == "onnx":
+            _log.info("%s: device=auto runs it on %s", p, engine)
+        if engine == "openvino":
+            from .openvino import OpenVINOBackend
+
+            return OpenVINOBackend(p, **options)
+        if options.get("precision") not in (None, "fp32"):
+            raise BackendError(f"precision={options['precision']!r} needs device='openvino' (ONNX Runtime "
+                               "runs a graph in the precision it was exported in)")  # fmt: skip
+        options.pop("precision", None)
         from .onnxrt import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(p, **options)
+        return OnnxRuntimeBackend(p, device=device, **options)
     if suffix in PLAN_SUFFIXES:
         from .tensorrt.backend import TensorRTBackend
 
@@ -74,10 +96,32 @@ def backend_for(path: str | os.PathLike[str], **options: Any) -> Backend:
         from .pytorch import TorchBackend
 
         return TorchBackend(p, **options)
-    raise BackendError(
-        f"{p}: unknown artifact type {suffix or '(no suffix)'!r}; expected .onnx (ONNX Runtime), "
-        ".plan/.engine (TensorRT) or .pth/.pt (PyTorch checkpoint)"
-    )
+    raise BackendError(f"{p}: unknown artifact type {suffix or '(no suffix)'!r}; expected {describe_suffixes()}")
+
+
+def choose_onnx_backend(device: Any = None, precision: str | None = None) -> str:
+    """"openvino" or "onnxruntime" for an ``.onnx`` file on ``device``.
+
+    "auto"/``None``: ONNX Runtime where it has CUDA (it then runs on the GPU), else OpenVINO when
+    it is installed (the fastest CPU engine, docs/precision.md), else ONNX Runtime on the CPU. A
+    non-FP32 ``precision`` (BF16) exists only on OpenVINO, so it picks OpenVINO.
+    """
+    if device == "openvino":
+        return "openvino"
+    if device not in (None, "auto"):
+        return "onnxruntime"
+    if precision not in (None, "fp32"):
+        return "openvino"
+    try:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            return "onnxruntime"
+    except ImportError:
+        pass
+    import importlib.util
+
+    return "openvino" if importlib.util.find_spec("openvino") is not None else "onnxruntime"
 
 
 class Detector:
