@@ -122,8 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device",
         default=None,
-        choices=("cpu", "cuda", "tensorrt", "auto"),
-        help="ONNX Runtime execution provider for .onnx engines (default cpu)",
+        choices=("cpu", "cuda", "tensorrt", "openvino", "auto"),
+        help=".onnx engines: auto (default: CUDA when onnxruntime-gpu has it, else OpenVINO when installed, "
+        "else ONNX Runtime CPU), openvino, or an ONNX Runtime execution provider (cpu, cuda, tensorrt)",
+    )
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=("fp32", "bf16"),
+        help="OpenVINO inference precision for .onnx engines (default fp32: exact)",
     )
     p.add_argument(
         "--cuda-graphs",
@@ -265,6 +272,7 @@ def _run(args: argparse.Namespace, subjects: list[Subject], command: list[str]) 
                 path,
                 intra_op_threads=args.intra_op_threads,
                 device=args.device,
+                precision=args.precision,
                 client_threads=args.threads,
                 cuda_graphs=args.cuda_graphs,
             )

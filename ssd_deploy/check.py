@@ -174,12 +174,16 @@ def check_artifact(
     batch: int = 4,
     thresholds: dict[str, float] | None = None,
     progress: Any = None,
+    backend_options: dict[str, Any] | None = None,
 ) -> CheckReport:
-    """Compare ``engine`` with the PyTorch reference on ``images`` (default: sample photos)."""
+    """Compare ``engine`` with the PyTorch reference on ``images`` (default: sample photos).
+
+    ``backend_options`` go to :meth:`Detector.load` (e.g. ``{"device": "openvino", "precision": "bf16"}``).
+    """
     from .samples import sample_images
 
     t0 = time.perf_counter()
-    det = Detector.load(engine)
+    det = Detector.load(engine, **(backend_options or {}))
     ref = reference_backend(det.backend, weights)
     files = [Path(p) for p in images] if images else sample_images()
     limits = dict(THRESHOLDS.get(det.backend.precision, THRESHOLDS["fp32"]))
@@ -286,14 +290,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the report as JSON here")
     p.add_argument("--min-score", type=float, default=0.1, help="compare detections scoring at least this")
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--device", default=None, help=".onnx engine: auto (default: CUDA when onnxruntime-gpu has "
+                   "it, else OpenVINO when installed, else ONNX Runtime CPU), openvino, cpu, cuda, tensorrt")
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16"),
+                   help="OpenVINO inference precision (default fp32: exact; bf16 is checked with the bf16 limits)")
     args = p.parse_args(argv)
+    opts = {k: v for k, v in (("device", args.device), ("precision", args.precision)) if v}
     con, err = Console(highlight=False), Console(stderr=True, highlight=False)
     try:
         from .samples import list_images
 
         images = list_images(args.images) if args.images else None
         report = check_artifact(args.engine, weights=args.weights, images=images,
-                                min_score=args.min_score, batch=args.batch)
+                                min_score=args.min_score, batch=args.batch, backend_options=opts)
     except (BackendError, ImageError, ConfigError, OSError, ValueError) as e:
         err.print(f"[red]error:[/red] {e}", soft_wrap=True)
         return 2

@@ -27,7 +27,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--nms-thresh", type=float, default=None, help="NMS IoU threshold (model default)")
     p.add_argument("--top-k", type=int, default=None, help="NMS candidates per class (model default)")
     p.add_argument("--keep-top-k", type=int, default=None, help="cap detections per image (default: no cap)")
-    p.add_argument("--device", default=None, help="ONNX Runtime device: auto (default: CUDA when onnxruntime-gpu has it, else CPU), cpu, cuda, tensorrt")
+    p.add_argument("--device", default=None, help=".onnx engine: auto (default: CUDA when onnxruntime-gpu has "
+                   "it, else OpenVINO when installed, else ONNX Runtime CPU), openvino, cpu, cuda, tensorrt")
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16"),
+                   help="OpenVINO inference precision (default fp32: exact; bf16 on CPUs with BF16)")
     return p.parse_args(argv)
 
 
@@ -56,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         files = _collect(args)
         opts = {"device": args.device} if args.device and Path(args.engine).suffix == ".onnx" else {}
+        if args.precision:
+            opts["precision"] = args.precision
         det = Detector.load(args.engine, **opts)
         out = Path(args.output) if args.output else None
         if out is not None:

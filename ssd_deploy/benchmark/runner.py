@@ -304,15 +304,18 @@ def backend_options(
     device: str | None = None,
     client_threads: int = 1,
     cuda_graphs: bool = False,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Keyword options for :meth:`Detector.load` that the artifact's backend understands."""
     suffix = Path(path).suffix.lower()
     opts: dict[str, Any] = {}
-    if suffix == ".onnx":
+    if suffix in (".onnx", ".xml"):
         if intra_op_threads:
             opts["intra_op_threads"] = intra_op_threads
-        if device:
+        if device and suffix == ".onnx":
             opts["device"] = device
+        if precision:
+            opts["precision"] = precision
     elif suffix in (".pth", ".pt"):
         if intra_op_threads:
             opts["threads"] = intra_op_threads
@@ -353,6 +356,7 @@ def open_subject(
     device: str | None = None,
     client_threads: int = 1,
     cuda_graphs: bool = False,
+    precision: str | None = None,
 ) -> Subject:
     """Load ``path`` into a :class:`Detector`; any failure becomes a one-line :class:`BenchError`."""
     from ..config import ConfigError
@@ -361,7 +365,7 @@ def open_subject(
     p = Path(path)
     if not p.exists():
         raise BenchError(f"{p}: no such file")
-    opts = backend_options(p, intra_op_threads, device, client_threads, cuda_graphs)
+    opts = backend_options(p, intra_op_threads, device, client_threads, cuda_graphs, precision)
     try:
         det = Detector.load(p, **opts)
     except (BackendError, ConfigError, OSError, ValueError) as e:

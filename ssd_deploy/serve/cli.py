@@ -44,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Ray GPUs per replica (default: 1 for .plan, 0 for .onnx)",
     )
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per replica")
-    p.add_argument("--device", default=None, help="ONNX Runtime device: cpu (default), cuda, tensorrt, auto")
+    p.add_argument("--device", default=None, help=".onnx engine: auto (default: CUDA when onnxruntime-gpu has "
+                   "it, else OpenVINO when installed, else ONNX Runtime CPU), openvino, cpu, cuda, tensorrt")
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16"),
+                   help="OpenVINO inference precision (default fp32: exact; bf16 on CPUs with BF16)")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest upload accepted (default 16 MB)")
     p.add_argument(
         "--max-megapixels",
@@ -81,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend_options["intra_op_threads"] = args.threads
     if args.device:
         backend_options["device"] = args.device
+    if args.precision:
+        backend_options["precision"] = args.precision
     try:
         options = ServeOptions(
             engine=args.engine, replicas=args.replicas, max_batch=args.max_batch,
@@ -93,7 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         options.check_engine()
         if backend_options and options.is_plan:
-            raise ServeError("--threads and --device are ONNX Runtime options; a .plan runs on TensorRT")
+            raise ServeError("--threads, --device and --precision are .onnx options; a .plan runs on TensorRT")
+        if args.device == "openvino" or args.precision:
+            from ..runtime import BackendError
+            from ..runtime.openvino.backend import preflight
+
+            try:
+                preflight(args.precision)
+            except BackendError as e:
+                raise ServeError(str(e)) from None
     except ServeError as e:
         print(f"ssd-serve: {e}", file=sys.stderr)
         return 2

@@ -51,7 +51,10 @@ CONFIG_FILE = "ssd_config.json"
 IMAGE_INPUT = "IMAGE"
 OUTPUTS = (("boxes", "TYPE_FP32", [-1, 4]), ("scores", "TYPE_FP32", [-1]),
            ("class_ids", "TYPE_INT32", [-1]), ("num_detections", "TYPE_INT32", [1]))  # fmt: skip
-MODEL_FILES = {"tensorrt_plan": "model.plan", "onnxruntime_onnx": "model.onnx", "python": "model.py"}
+MODEL_FILES = {"tensorrt_plan": "model.plan", "onnxruntime_onnx": "model.onnx", "python": "model.py",
+               "openvino": "model.onnx"}
+#: Engines an .onnx file can run on in Triton: its ONNX Runtime platform or its OpenVINO backend.
+ONNX_BACKENDS = ("onnxruntime", "openvino")
 
 
 class TritonError(SSDDeployError, RuntimeError):
@@ -179,7 +182,7 @@ class EngineFacts:
     """What the model configs need to know about the network."""
 
     path: Path
-    platform: str  # tensorrt_plan | onnxruntime_onnx
+    platform: str  # tensorrt_plan | onnxruntime_onnx | openvino (Triton's OpenVINO backend)
     config: SSDConfig
     precision: str
     input_name: str
@@ -336,6 +339,10 @@ class RepoOptions:
     max_image_bytes: int = 16 * 1024 * 1024
     #: Detect parameters to change from the model's own (conf_thresh, nms_thresh, top_k, keep_top_k).
     detect_overrides: dict[str, Any] = field(default_factory=dict)
+    #: What runs an .onnx engine: "onnxruntime" (platform onnxruntime_onnx) or "openvino" (backend).
+    onnx_backend: str = "onnxruntime"
+    #: OpenVINO backend only: run in BF16 (its HINT_BF16 parameter); otherwise nothing is hinted.
+    bf16: bool = False
 
 
 def _tensor(name: str, dtype: str, dims: Sequence[int]) -> dict[str, Any]:
@@ -346,7 +353,30 @@ def _params(values: dict[str, str]) -> list[dict[str, Any]]:
     return [{"key": k, "value": {"string_value": v}} for k, v in values.items()]
 
 
+def _openvino_engine_config(facts: EngineFacts, opts: RepoOptions) -> dict[str, Any]:
+    """Triton's OpenVINO backend (CPU): it reads model.onnx itself when told by default_model_filename."""
+    if opts.kind == "gpu" or opts.gpus:
+        raise TritonError("--backend openvino runs the engine on the CPU; drop --kind gpu / --gpus")
+    params = {"PERFORMANCE_HINT": "LATENCY" if opts.instances == 1 else "THROUGHPUT"}
+    if opts.bf16:
+        params["HINT_BF16"] = "YES"
+    return {
+        "name": f"{opts.name}_engine",
+        "backend": "openvino",
+        "default_model_filename": MODEL_FILES["openvino"],
+        "max_batch_size": facts.max_batch,
+        "input": [_tensor(facts.input_name, "TYPE_FP32", facts.input_dims)],
+        "output": [_tensor(facts.output_names[0], "TYPE_FP32", facts.loc_dims),
+                   _tensor(facts.output_names[1], "TYPE_FP32", facts.conf_dims)],
+        "dynamic_batching": {"max_queue_delay_microseconds": opts.queue_delay_us},
+        "instance_group": [{"count": opts.instances, "kind": Sym("KIND_CPU")}],
+        "parameters": [{"key": k, "value": {"string_value": v}} for k, v in params.items()],
+    }  # fmt: skip
+
+
 def _engine_config(facts: EngineFacts, opts: RepoOptions) -> dict[str, Any]:
+    if facts.platform == "openvino":
+        return _openvino_engine_config(facts, opts)
     kind = opts.kind
     if kind == "auto":
         kind = "gpu" if facts.platform == "tensorrt_plan" or opts.gpus else "auto"
@@ -466,6 +496,14 @@ def generate(
     if not opts.name.replace("_", "").replace("-", "").isalnum():
         raise TritonError(f"model name {opts.name!r} must be letters, digits, '-' and '_'")
     facts = engine_facts(engine, max_batch)
+    if opts.onnx_backend not in ONNX_BACKENDS:
+        raise TritonError(f"--backend must be one of {', '.join(ONNX_BACKENDS)}, got {opts.onnx_backend!r}")
+    if opts.onnx_backend == "openvino":
+        if facts.platform != "onnxruntime_onnx":
+            raise TritonError(f"{facts.path}: --backend openvino needs an .onnx file, not a TensorRT plan")
+        facts.platform = "openvino"
+    elif opts.bf16:
+        raise TritonError("--precision bf16 needs --backend openvino")
     config = facts.config
     if opts.detect_overrides:
         unknown = set(opts.detect_overrides) - {"conf_thresh", "nms_thresh", "top_k", "keep_top_k"}
@@ -502,8 +540,8 @@ def generate(
             if cfg.get("backend") == "python":
                 shutil.copyfile(TEMPLATE, vdir / "model.py")
                 (vdir / CONFIG_FILE).write_text(config.to_json() + "\n")
-            elif cfg.get("platform") in MODEL_FILES:
-                shutil.copyfile(facts.path, vdir / MODEL_FILES[cfg["platform"]])
+            elif (cfg.get("platform") or cfg.get("backend")) in MODEL_FILES:
+                shutil.copyfile(facts.path, vdir / MODEL_FILES[cfg.get("platform") or cfg["backend"]])
                 if facts.platform == "tensorrt_plan":
                     shutil.copyfile(f"{facts.path}.json", vdir / "model.plan.json")
         validated = False
@@ -553,9 +591,11 @@ def check_repository(root: str | os.PathLike[str], names: Iterable[str] | None =
             raise TritonError(f"{path}: name {cfg.name!r} differs from its folder {d.name!r}")
         if not (d / "1").is_dir():
             raise TritonError(f"{d}: no version folder 1/")
-        kind = "python" if cfg.backend == "python" else cfg.platform
-        if kind in MODEL_FILES and not (d / "1" / MODEL_FILES[kind]).is_file():
-            raise TritonError(f"{d / '1'}: missing {MODEL_FILES[kind]}")
+        kind = cfg.backend if cfg.backend in ("python", "openvino") else cfg.platform
+        # Triton's OpenVINO backend loads default_model_filename (model.xml when unset).
+        wanted = (cfg.default_model_filename or "model.xml") if kind == "openvino" else MODEL_FILES.get(kind)
+        if wanted and not (d / "1" / wanted).is_file():
+            raise TritonError(f"{d / '1'}: missing {wanted}")
         if cfg.max_batch_size > 0 and not cfg.HasField("dynamic_batching") and kind != "ensemble":
             raise TritonError(f"{path}: batching model without dynamic_batching")
         models[cfg.name] = cfg
@@ -670,6 +710,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="override the model's Detect top_k")
     p.add_argument("--keep-top-k", type=int, default=None, help="cap detections per image")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--backend", choices=ONNX_BACKENDS, default="onnxruntime",
+                   help=".onnx engines: Triton's ONNX Runtime platform (default) or its OpenVINO backend (CPU)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="--backend openvino: bf16 sets the backend's HINT_BF16 (default: no hint)")
     return p
 
 
@@ -695,6 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             python_instances=args.python_instances, queue_delay_us=args.queue_delay_us,
             max_pixels=int(args.max_megapixels * 1e6),
             detect_overrides={k: v for k, v in overrides.items() if v is not None},
+            onnx_backend=args.backend, bf16=args.precision == "bf16",
         )  # fmt: skip
         report = generate(args.engine, args.output, opts, max_batch=args.max_batch, force=args.force)
     except TritonError as e:

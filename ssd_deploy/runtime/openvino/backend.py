@@ -24,7 +24,7 @@ import numpy as np
 
 from ...config import PRECISION_KEY, RECIPE_KEY, ConfigError, SSDConfig
 from ...contract import CONF, INPUT, LOC, PRIORS, artifact_kind
-from ...errors import optional_import
+from ...errors import MissingDependency, optional_import
 from ...priors import prior_boxes
 from ..backend import Backend, BackendError
 from .onnx_meta import OnnxMetaError, read_onnx_metadata
@@ -39,8 +39,11 @@ DEVICE = "CPU"
 
 
 def import_openvino() -> Any:
-    """The ``openvino`` module, or a one-line error saying how to install it."""
-    return optional_import("openvino", extra="openvino", purpose="device='openvino'")
+    """The ``openvino`` module, or a one-line :class:`BackendError` saying what to install or pick."""
+    try:
+        return optional_import("openvino", extra="openvino", purpose="device='openvino'")
+    except MissingDependency as e:
+        raise BackendError(f"{e}, or choose device='cpu' (ONNX Runtime)") from None
 
 
 def default_cache_dir() -> str | None:
@@ -69,6 +72,13 @@ def check_precision(precision: str | None, capabilities: list[str]) -> str:
             "AMX); run without --precision (FP32) or an INT8 model instead"
         )
     return p
+
+
+def preflight(precision: str | None = None) -> str:
+    """Check before expensive work (starting Ray, loading replicas) that OpenVINO is installed and
+    this CPU runs ``precision``; returns the normalised precision or raises :class:`BackendError`."""
+    ov = import_openvino()
+    return check_precision(precision, cpu_capabilities(ov.Core()))
 
 
 def _read_metadata(core: Any, p: Path) -> dict[str, str]:
