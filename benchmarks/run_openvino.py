@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 #: Per cycle and core, what one Zen 4 core (AVX-512 executed on two 256-bit FMA pipes) retires at
 #: most: FP32 FMA 2 pipes x 8 lanes x 2 ops; BF16 VDPBF16PS twice that (pairs of BF16 per lane);
@@ -75,9 +75,9 @@ def main() -> int:
 
     from run_standard import ensure_onnx, make_int8, torch_checkpoint_for
 
+    from ssd_deploy.bench import load_inputs
     from ssd_deploy.benchmark.report import build_report, load_average, write_json, write_markdown
     from ssd_deploy.benchmark.runner import Settings, check_batches, open_subject, run_benchmark
-    from ssd_deploy.bench import load_inputs
 
     onnx = Path(args.onnx)
     ensure_onnx(onnx)
@@ -131,13 +131,13 @@ def main() -> int:
              "ov_int8": "int8", "ov_int8_ortq": "int8"}  # fmt: skip
     lines = [
         "", "## Achieved GOP/s against this CPU's peak", "",
-        f"Peak = {cores} cores x {mhz:.0f} MHz (nominal clock from /proc/cpuinfo; boost clocks are hidden "
-        "by the hypervisor, so the true peak can be higher) x ops per cycle per core of a Zen 4 core "
-        "(AVX-512 on two 256-bit pipes): FP32 FMA 32, BF16 dot-product 64, INT8 VNNI 128. "
-        f"That is FP32 {peak['fp32']:.0f}, BF16 {peak['bf16']:.0f}, INT8 {peak['int8']:.0f} GOP/s. "
-        f"numpy's BLAS sgemm (2048^3) reached {sgemm:.0f} GFLOP/s in this run: the practical FP32 ceiling.",
-        "GOP/s counts 2 ops per multiply-accumulate of the network (ssd_deploy.cost), end to end (so "
-        "preprocess and decode/NMS time count against it).", "",
+        (f"Peak = {cores} cores x {mhz:.0f} MHz (nominal clock from /proc/cpuinfo; boost clocks are hidden "
+         "by the hypervisor, so the true peak can be higher) x ops per cycle per core of a Zen 4 core "
+         "(AVX-512 on two 256-bit pipes): FP32 FMA 32, BF16 dot-product 64, INT8 VNNI 128. "
+         f"That is FP32 {peak['fp32']:.0f}, BF16 {peak['bf16']:.0f}, INT8 {peak['int8']:.0f} GOP/s. "
+         f"numpy's BLAS sgemm (2048^3) reached {sgemm:.0f} GFLOP/s in this run: the practical FP32 ceiling."),
+        ("GOP/s counts 2 ops per multiply-accumulate of the network (ssd_deploy.cost); end to end, "
+         "preprocess and decode/NMS time count against it."), "",
         "| engine | batch | img/s | GOP/s end to end | GOP/s network alone | kind | % of peak (e2e / network) |",
         "|---|---:|---:|---:|---:|---|---|",
     ]

@@ -103,7 +103,7 @@ def choose_onnx_backend(device: Any = None, precision: str | None = None) -> str
     """"openvino" or "onnxruntime" for an ``.onnx`` file on ``device``.
 
     "auto"/``None``: ONNX Runtime where it has CUDA (it then runs on the GPU), else OpenVINO when
-    it is installed (the fastest CPU engine, docs/precision.md), else ONNX Runtime on the CPU. A
+    it is installed (the fastest CPU engine, docs/openvino.md), else ONNX Runtime on the CPU. A
     non-FP32 ``precision`` (BF16) exists only on OpenVINO, so it picks OpenVINO.
     """
     if device == "openvino":
@@ -122,6 +122,33 @@ def choose_onnx_backend(device: Any = None, precision: str | None = None) -> str
     import importlib.util
 
     return "openvino" if importlib.util.find_spec("openvino") is not None else "onnxruntime"
+
+
+def describe_onnx_choice(device: Any = None, precision: str | None = None) -> str:
+    """One line saying which engine ``device`` (default "auto") runs an ``.onnx`` file on here, and why."""
+    engine = choose_onnx_backend(device, precision)
+    if engine == "openvino":
+        try:
+            from .openvino.backend import cpu_capabilities, import_openvino
+
+            ov = import_openvino()
+            core = ov.Core()
+            bf16 = "BF16" in cpu_capabilities(core)
+            cpu = core.get_property("CPU", "FULL_DEVICE_NAME")
+            return (f"OpenVINO {ov.__version__.split('-')[0]} on the CPU ({cpu}): the fastest CPU engine; "
+                    f"FP32 exact by default, " + ("--precision bf16 available" if bf16 else "no BF16 on this CPU"))
+        except BackendError as e:
+            return f"OpenVINO (requested, but: {e})"
+    try:
+        import onnxruntime
+
+        providers = onnxruntime.get_available_providers()
+    except ImportError:
+        return "ONNX Runtime (not installed: pip install onnxruntime)"
+    if device in (None, "auto") and "CUDAExecutionProvider" in providers:
+        return "ONNX Runtime with CUDA (GPU); build a TensorRT .plan with ssd-build for the fastest GPU path"
+    hint = "" if device not in (None, "auto") else "; pip install 'ssd_deploy[openvino]' for the faster OpenVINO"
+    return f"ONNX Runtime {onnxruntime.__version__} ({device or 'cpu'}){hint}"
 
 
 class Detector:

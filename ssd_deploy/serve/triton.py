@@ -502,6 +502,12 @@ def generate(
         if facts.platform != "onnxruntime_onnx":
             raise TritonError(f"{facts.path}: --backend openvino needs an .onnx file, not a TensorRT plan")
         facts.platform = "openvino"
+        if not opts.bf16:
+            # The backend accepts HINT_BF16=YES only and rejects other OpenVINO properties, and
+            # OpenVINO's CPU default on CPUs with BF16 is BF16 (docs/openvino.md).
+            facts.notes.append("Triton's OpenVINO backend cannot pin FP32: on a CPU with AVX512-BF16 or AMX "
+                               "OpenVINO runs this graph in BF16; its accuracy there is what "
+                               "ssd-check --device openvino --precision bf16 reports")  # fmt: skip
     elif opts.bf16:
         raise TritonError("--precision bf16 needs --backend openvino")
     config = facts.config

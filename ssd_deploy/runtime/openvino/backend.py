@@ -5,8 +5,8 @@ threads run concurrently without sharing one, and a request is reused rather tha
 call. The model is compiled from its file path with OpenVINO's model cache (``CACHE_DIR``) so
 the second load of the same file reads the compiled blob instead of compiling again.
 
-Precision is explicit (docs/precision.md, "OpenVINO"): OpenVINO's CPU plugin runs FP32 graphs in
-BF16 by default on CPUs that have BF16, so the backend always sets the inference precision hint:
+Precision is explicit (docs/openvino.md, "Precision stays explicit"): OpenVINO's CPU plugin runs
+FP32 graphs in BF16 by default on CPUs that have BF16, so the backend always sets the precision hint:
 ``f32`` unless ``precision="bf16"`` asks for BF16. Q/DQ (INT8) graphs run their quantized
 convolutions as INT8 kernels under either hint.
 """
