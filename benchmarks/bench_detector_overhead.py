@@ -80,7 +80,7 @@ def main() -> int:
         request = det.backend.compiled_model.create_infer_request()
 
         def bare() -> Any:
-            return request.infer({"images": x}, share_inputs=True)
+            return request.infer({"images": x}, share_inputs=True, share_outputs=True)
     else:
         session = getattr(det.backend, "session", None) or det.backend._session
 

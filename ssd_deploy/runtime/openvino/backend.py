@@ -210,8 +210,9 @@ class OpenVINOBackend(Backend):
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         req = self._borrow()
         try:
-            # share_inputs: the request reads the caller's array in place instead of copying it.
-            req.infer({INPUT: images}, share_inputs=True)
+            # share_inputs: the request reads the caller's array in place instead of copying it;
+            # share_outputs: no copy of every output into the returned dict (priors included).
+            req.infer({INPUT: images}, share_inputs=True, share_outputs=True)
             # Copies: the request's output tensors are overwritten by its next call.
             loc = np.array(req.get_tensor(self._outputs[0]).data, dtype=np.float32)
             conf = np.array(req.get_tensor(self._outputs[1]).data, dtype=np.float32)
