@@ -227,3 +227,17 @@ print("TORCH_MODULES", bad, det.backend.name)
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "TORCH_MODULES [] openvino" in out.stdout, out.stdout
+
+
+def test_openvino_ir_round_trip(ssd300_onnx, ov, cache, tmp_path):
+    from ssd_deploy.runtime.openvino import save_ir
+
+    xml = save_ir(ssd300_onnx, tmp_path / "ir" / "ssd300.xml")
+    assert xml.is_file() and xml.with_suffix(".bin").is_file()
+    assert sorted(p.name for p in xml.parent.iterdir()) == ["ssd300.bin", "ssd300.xml"]  # no temp left
+    det = Detector.load(xml, cache_dir=cache)  # .xml always runs on OpenVINO
+    assert det.backend.name == "openvino" and det.config == ov.config and det.backend.precision == "fp32"
+    x = _batch(1, seed=3)
+    np.testing.assert_allclose(det.backend.run(x)[1], ov.run(x)[1], atol=1e-6)
+    with pytest.raises(BackendError, match="must end in .xml"):
+        save_ir(ssd300_onnx, tmp_path / "x.bin")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ...config import PRECISION_KEY, RECIPE_KEY, ConfigError, SSDConfig
-from ...contract import CONF, INPUT, LOC, PRIORS, artifact_kind
+from ...contract import CONF, CONFIG_KEY, INPUT, LOC, PRIORS, artifact_kind
 from ...errors import MissingDependency, optional_import
 from ...priors import prior_boxes
 from ..backend import Backend, BackendError
@@ -252,3 +252,33 @@ class OpenVINOBackend(Backend):
                 self._pool.get_nowait()
             except queue.Empty:
                 return
+
+
+def save_ir(onnx_path: str | os.PathLike[str], xml_path: str | os.PathLike[str]) -> Path:
+    """Convert an ssd_deploy ``.onnx`` to OpenVINO IR (``xml_path`` + its ``.bin``), weights as they are.
+
+    The ssd_deploy metadata travels in the IR's ``framework`` rt_info, where the backend reads it.
+    Weights are not compressed to FP16 (OpenVINO's ``save_model`` default), so an FP32 file stays
+    FP32. Both files are written in a temporary folder beside ``xml_path`` and moved into place,
+    the ``.bin`` first, so a reader never finds an ``.xml`` without its weights.
+    """
+    import tempfile
+
+    ov = import_openvino()
+    src, dst = Path(onnx_path), Path(xml_path)
+    if artifact_kind(src) != "onnx" or not src.is_file():
+        raise BackendError(f"{src}: expected an existing .onnx file")
+    if artifact_kind(dst) != "openvino":
+        raise BackendError(f"{dst}: an OpenVINO IR path must end in .xml")
+    if CONFIG_KEY not in _read_metadata(None, src):
+        raise BackendError(f"{src}: no {CONFIG_KEY!r} in its metadata; export it with python -m ssd_deploy.export")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{dst.stem}.", dir=dst.parent) as tmp:
+        tmp_xml = Path(tmp) / dst.name
+        try:
+            ov.save_model(ov.Core().read_model(str(src)), str(tmp_xml), compress_to_fp16=False)
+        except Exception as e:  # noqa: BLE001
+            raise BackendError(f"{src}: OpenVINO cannot convert it: {_first_line(e)}") from None
+        os.replace(tmp_xml.with_suffix(".bin"), dst.with_suffix(".bin"))
+        os.replace(tmp_xml, dst)
+    return dst
