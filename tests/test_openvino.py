@@ -241,3 +241,12 @@ def test_openvino_ir_round_trip(ssd300_onnx, ov, cache, tmp_path):
     np.testing.assert_allclose(det.backend.run(x)[1], ov.run(x)[1], atol=1e-6)
     with pytest.raises(BackendError, match="must end in .xml"):
         save_ir(ssd300_onnx, tmp_path / "x.bin")
+
+
+def test_serve_refuses_bf16_before_starting_ray(ssd300_onnx, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    from ssd_deploy.serve import cli as serve_cli
+
+    monkeypatch.setattr(ov_backend, "cpu_capabilities", lambda core: ["FP32"])
+    code = serve_cli.main(["--engine", str(ssd300_onnx), "--device", "openvino", "--precision", "bf16"])
+    assert code == 2 and "no BF16 support" in capsys.readouterr().err
