@@ -168,7 +168,8 @@ def main() -> int:
     (out / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
     m = machine
     lines = [
-        "# Detector overhead vs bare InferenceSession.run (batch 1)",
+        "# Detector overhead vs bare InferenceSession.run (batch 1)" if det.backend.name != "openvino" else
+        "# Detector overhead vs the bare OpenVINO infer request (batch 1; rows named session.run are that call)",
         "",
         f"Recorded with `{command}` on {started}.  ",
         (
