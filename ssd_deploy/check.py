@@ -308,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .samples import list_images
 
         images = list_images(args.images) if args.images else None
+        if opts and Path(args.engine).suffix.lower() not in (".onnx", ".xml"):
+            raise ValueError(f"--device/--precision apply to .onnx/.xml engines, not {args.engine}")
         report = check_artifact(args.engine, weights=args.weights, images=images,
                                 min_score=args.min_score, batch=args.batch, backend_options=opts)
     except (BackendError, ImageError, ConfigError, OSError, ValueError) as e:

@@ -60,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = _collect(args)
         opts = {"device": args.device} if args.device and Path(args.engine).suffix == ".onnx" else {}
         if args.precision:
+            if Path(args.engine).suffix.lower() not in (".onnx", ".xml"):
+                raise ValueError(f"--precision applies to .onnx/.xml engines (OpenVINO), not {args.engine}")
             opts["precision"] = args.precision
         det = Detector.load(args.engine, **opts)
         out = Path(args.output) if args.output else None

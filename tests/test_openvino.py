@@ -250,3 +250,14 @@ def test_serve_refuses_bf16_before_starting_ray(ssd300_onnx, monkeypatch, capsys
     monkeypatch.setattr(ov_backend, "cpu_capabilities", lambda core: ["FP32"])
     code = serve_cli.main(["--engine", str(ssd300_onnx), "--device", "openvino", "--precision", "bf16"])
     assert code == 2 and "no BF16 support" in capsys.readouterr().err
+
+
+def test_precision_flag_refused_for_other_engines(tmp_path, capsys):
+    from ssd_deploy import check, detect_cli
+
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"x")
+    assert detect_cli.main(["--engine", str(plan), "--samples", "--precision", "bf16"]) == 2
+    assert "--precision applies to .onnx/.xml" in capsys.readouterr().err
+    assert check.main(["--engine", str(plan), "--device", "openvino"]) == 2
+    assert "apply to .onnx/.xml engines" in capsys.readouterr().err
