@@ -105,6 +105,9 @@ def test_compiled_model_cache_is_written_and_reused(ssd300_onnx, ov, cache, tmp_
     monkeypatch.delenv(ov_backend.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert ov_backend.default_cache_dir() == str(tmp_path / "xdg" / "ssd_deploy" / "openvino")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert OpenVINOBackend(ssd300_onnx, cache_dir=blocker / "cache").cache_dir is None  # runs uncached
 
 
 def test_bf16_refused_without_cpu_support(ssd300_onnx, monkeypatch):

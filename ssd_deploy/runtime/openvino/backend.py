@@ -14,6 +14,7 @@ convolutions as INT8 kernels under either hint.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import threading
@@ -28,6 +29,8 @@ from ...errors import MissingDependency, optional_import
 from ...priors import prior_boxes
 from ..backend import Backend, BackendError
 from .onnx_meta import OnnxMetaError, read_onnx_metadata
+
+_log = logging.getLogger(__name__)
 
 #: Environment variable that moves the compiled-model cache; an empty value turns the cache off.
 CACHE_ENV = "SSD_DEPLOY_OPENVINO_CACHE"
@@ -147,8 +150,13 @@ class OpenVINOBackend(Backend):
             "PERFORMANCE_HINT": str(performance_hint).upper(),
         }
         if self.cache_dir:
-            os.makedirs(self.cache_dir, exist_ok=True)
-            config["CACHE_DIR"] = self.cache_dir
+            try:
+                os.makedirs(self.cache_dir, exist_ok=True)
+                config["CACHE_DIR"] = self.cache_dir
+            except OSError as e:  # a read-only home must not stop inference: compile without a cache
+                _log.warning("OpenVINO model cache %s unusable (%s); compiling without it (set %s)",
+                             self.cache_dir, e.strerror or e, CACHE_ENV)
+                self.cache_dir = None
         if intra_op_threads:
             config["INFERENCE_NUM_THREADS"] = int(intra_op_threads)
         try:
