@@ -11,12 +11,14 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints/cpu.txt -e '.[export,dev,bench,serve,batch,eval]'
+	$(PY) -m pip install -q -c constraints/cpu.txt -e '.[export,dev,bench,serve,batch,eval,openvino]'
 	touch $(STAMP)
 
-# Export SSD300 to ONNX, detect on sample photos with ONNX Runtime (CPU), check against PyTorch.
+# Export SSD300 to ONNX, detect on sample photos with the fastest engine here (device=auto: CUDA,
+# else OpenVINO, else ONNX Runtime CPU), check against PyTorch.
 demo: setup
 	$(PY) -m ssd_deploy.export --size 300
+	@$(PY) -c "from ssd_deploy.runtime.detector import describe_onnx_choice as d; print('fastest path here:', d())"
 	$(VENV)/bin/ssd-detect --engine export/ssd300.onnx --samples --output out/detect
 	$(VENV)/bin/ssd-check --engine export/ssd300.onnx --json out/check.json
 

@@ -124,12 +124,16 @@ def _top_k_floor(
     hist_bits = int(np.clip(np.log2(_HIST_TOTAL // r), *_HIST_BITS)) if r < _HIST_TOTAL else _HIST_BITS[0]
     nbins = 1 << hist_bits
     lo = np.float32(conf_thresh).view(np.int32)
-    bits = rows.view(np.int32)[mask]
-    bits -= lo  # > 0: every candidate is above conf_thresh
+    # Whole rows rather than a boolean gather of the candidates (crowded rows are mostly
+    # candidates, and the gather plus a per-row np.repeat of offsets cost more than they save):
+    # non-candidates become 0 and land in bin 0, whose count is then corrected.
+    bits = rows.view(np.int32) - lo  # > 0 for every candidate: all are above conf_thresh
+    bits *= mask
     shift = max(0, int(bits.max()).bit_length() - hist_bits)
     bits >>= shift
-    bits += np.repeat(np.arange(0, r * nbins, nbins, dtype=np.int32), counts)
-    hist = np.bincount(bits, minlength=r * nbins).reshape(r, nbins)
+    bits += np.arange(0, r * nbins, nbins, dtype=np.int32)[:, None]
+    hist = np.bincount(bits.ravel(), minlength=r * nbins).reshape(r, nbins)
+    hist[:, 0] -= p - counts
     above = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]  # entries in bin b or higher
     boundary = np.count_nonzero(above >= k, axis=1) - 1
     floor_bits = (boundary.astype(np.int32) << shift) + lo

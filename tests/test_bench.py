@@ -373,7 +373,7 @@ def test_cli_compares_engines_and_writes_outputs(tiny, photos, tmp_path, capsys)
     out = tmp_path / "out"
     out.mkdir()
     args = ["--engine", f"a={dyn}", "--engine", f"b={static}", "--batch", "1", "--warmup", "1",
-            "--iterations", "3", "--images", photos, "--baseline", "b",
+            "--iterations", "3", "--images", photos, "--baseline", "b", "--device", "cpu",
             "--json", out / "r.json", "--csv", out / "r.csv"]  # fmt: skip
     assert _main(args) == 0
     text = capsys.readouterr().out

@@ -108,7 +108,7 @@ def test_bad_onnx_files(tmp_path):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a protobuf at all")
     with pytest.raises(BackendError, match="junk.onnx: ONNX Runtime cannot load it"):
-        Detector.load(junk)
+        Detector.load(junk, device="cpu")
 
 
 def test_onnx_without_metadata(tmp_path):

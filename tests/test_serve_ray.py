@@ -155,6 +155,7 @@ def server(ssd300_onnx):
     opts = ServeOptions(
         str(ssd300_onnx), port=_free_port(), max_batch=8, batch_wait_ms=20, ray_num_cpus=2,
         max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS, log_to_driver=False, startup_timeout_s=180,
+        backend_options={"device": "cpu"},
     )  # fmt: skip
     running = start(opts)
     yield running
@@ -168,7 +169,7 @@ def server(ssd300_onnx):
 def detector(ssd300_onnx):
     from ssd_deploy.runtime import Detector
 
-    return Detector.load(ssd300_onnx)
+    return Detector.load(ssd300_onnx, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -315,7 +316,7 @@ def test_a_broken_engine_fails_to_start_with_its_own_error(server, tmp_path):
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"not an onnx file" * 10)
     opts = ServeOptions(str(bad), port=server.options.port, app_name="broken", route_prefix="/broken",
-                        log_to_driver=False, startup_timeout_s=120)  # fmt: skip
+                        log_to_driver=False, startup_timeout_s=120, backend_options={"device": "cpu"})  # fmt: skip
     with pytest.raises(ServeError, match=r"broken.onnx: ONNX Runtime cannot load it") as e:
         start(opts)
     assert "\n" not in str(e.value)

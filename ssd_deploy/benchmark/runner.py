@@ -310,13 +310,13 @@ def backend_options(
     """Keyword options for :meth:`Detector.load` that the artifact's backend understands."""
     kind = artifact_kind(path)
     opts: dict[str, Any] = {}
-    if precision:
-        opts["precision"] = precision
-    if kind == "onnx":
+    if kind in ("onnx", "openvino"):
         if intra_op_threads:
             opts["intra_op_threads"] = intra_op_threads
-        if device:
+        if device and kind == "onnx":
             opts["device"] = device
+        if precision:
+            opts["precision"] = precision
     elif kind == "torch":
         if intra_op_threads:
             opts["threads"] = intra_op_threads

@@ -210,8 +210,8 @@ def detect_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_precision(p: argparse.ArgumentParser) -> None:
     """``--precision``: run an FP32 graph at reduced precision where the backend offers it (opt-in)."""
-    p.add_argument("--precision", choices=("auto", "bf16"), default="auto",
-                   help="auto = what the artifact says (FP32 graphs run in FP32); bf16 = OpenVINO's "
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto/fp32 = what the artifact says (FP32 graphs run in FP32); bf16 = OpenVINO's "
                         "BF16 inference on CPUs that have it")
 
 
@@ -220,11 +220,16 @@ def backend_options(args: argparse.Namespace, engine: str | os.PathLike[str]) ->
     from ..contract import artifact_kind
 
     opts: dict[str, Any] = {}
+    kind = artifact_kind(engine)
     device = getattr(args, "device", "auto")
-    if artifact_kind(engine) == "onnx" and device not in (None, "auto"):
+    if device not in (None, "auto"):
+        if kind != "onnx":
+            raise InputError(f"--device {device} applies to .onnx engines, not {engine}")
         opts["device"] = device
     precision = getattr(args, "precision", "auto")
     if precision not in (None, "auto"):
+        if kind not in ("onnx", "openvino"):
+            raise InputError(f"--precision {precision} applies to .onnx/.xml engines (OpenVINO), not {engine}")
         opts["precision"] = precision
     return opts
 

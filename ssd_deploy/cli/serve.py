@@ -125,6 +125,10 @@ def execute(args: argparse.Namespace) -> int:
         startup_timeout_s=args.startup_timeout,
     )  # fmt: skip
     options.check_engine()
+    if args.device == "openvino" or args.precision == "bf16":
+        from ..runtime.openvino.backend import preflight
+
+        preflight(None if args.precision == "auto" else args.precision)  # before Ray starts
     if backend_options and options.is_plan:
         raise ServeError("--intra-op-threads and --device are options for .onnx files; a .plan runs on TensorRT")
     if options.host not in LOOPBACK_HOSTS:

@@ -10,6 +10,7 @@ from typing import Sequence
 from ..errors import InputError
 from ..triton.check import check_repository
 from ..triton.configs import RepoOptions
+from ..triton.layout import ONNX_BACKENDS
 from ..triton.repository import generate
 from . import common
 
@@ -51,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_detect_overrides(p)
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--backend", choices=ONNX_BACKENDS, default="onnxruntime",
+                   help=".onnx engines: Triton's ONNX Runtime platform or its OpenVINO backend (CPU)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="--backend openvino: bf16 sets the backend's HINT_BF16 (auto, fp32: no hint)")
     return p
 
 
@@ -74,6 +79,7 @@ def execute(args: argparse.Namespace) -> int:
         python_instances=args.python_instances, queue_delay_us=args.queue_delay_us,
         max_pixels=int(args.max_megapixels * 1e6),
         detect_overrides={k: v for k, v in overrides.items() if v is not None or k == "keep_top_k"},
+        onnx_backend=args.backend, bf16=args.precision == "bf16",
     )  # fmt: skip
     report = generate(args.engine, args.output, opts, max_batch=args.max_batch, force=args.force)
     f = report.facts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import warnings
@@ -22,6 +23,8 @@ from ..preprocess import image_list, is_single_image, preprocess
 from ..priors import prior_boxes
 from .backend import Backend, BackendError
 from .in_graph import in_graph_kept, in_graph_mismatch, kept_as_array, kept_as_list
+
+_log = logging.getLogger(__name__)
 
 #: One image: a path, encoded bytes, a PIL image or an ``H x W x 3`` uint8 RGB array.
 SingleImage = Union[str, os.PathLike, bytes, np.ndarray, "PIL.Image.Image"]  # noqa: F821
@@ -64,13 +67,30 @@ class ImageDetections:
 
 
 def backend_for(path: str | os.PathLike[str], **options: Any) -> Backend:
-    """Open ``path`` with the backend its file type calls for (:func:`ssd_deploy.contract.artifact_kind`)."""
+    """Open ``path`` with the backend its file type calls for.
+
+    For ``.onnx`` files ``device`` picks the engine (:func:`choose_onnx_backend`): "openvino", an
+    ONNX Runtime device ("cpu", "cuda", "tensorrt"), or "auto"/``None``: the fastest one here.
+    OpenVINO IR (``.xml``) runs on OpenVINO.
+    """
     p = Path(path)
     kind = artifact_kind(p)
-    if kind == "onnx":
+    if kind in ("onnx", "openvino"):
+        device = options.pop("device", None)
+        engine = "openvino" if kind == "openvino" else choose_onnx_backend(device, options.get("precision"))
+        if device in (None, "auto") and kind == "onnx":
+            _log.info("%s: device=auto runs it on %s", p, engine)
+        if engine == "openvino":
+            from .openvino import OpenVINOBackend
+
+            return OpenVINOBackend(p, **options)
+        if options.get("precision") not in (None, "fp32"):
+            raise BackendError(f"precision={options['precision']!r} needs device='openvino' (ONNX Runtime "
+                               "runs a graph in the precision it was exported in)")  # fmt: skip
+        options.pop("precision", None)
         from .onnxrt import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(p, **options)
+        return OnnxRuntimeBackend(p, device=device, **options)
     if kind == "plan":
         from .tensorrt.backend import TensorRTBackend
 
@@ -80,6 +100,58 @@ def backend_for(path: str | os.PathLike[str], **options: Any) -> Backend:
 
         return TorchBackend(p, **options)
     raise BackendError(f"{p}: unknown artifact type {p.suffix or '(no suffix)'!r}; expected {describe_suffixes()}")
+
+
+def choose_onnx_backend(device: Any = None, precision: str | None = None) -> str:
+    """"openvino" or "onnxruntime" for an ``.onnx`` file on ``device``.
+
+    "auto"/``None``: ONNX Runtime where it has CUDA (it then runs on the GPU), else OpenVINO when
+    it is installed (the fastest CPU engine, docs/openvino.md), else ONNX Runtime on the CPU. A
+    non-FP32 ``precision`` (BF16) exists only on OpenVINO, so it picks OpenVINO.
+    """
+    if device == "openvino":
+        return "openvino"
+    if device not in (None, "auto"):
+        return "onnxruntime"
+    if precision not in (None, "fp32"):
+        return "openvino"
+    try:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            return "onnxruntime"
+    except ImportError:
+        pass
+    import importlib.util
+
+    return "openvino" if importlib.util.find_spec("openvino") is not None else "onnxruntime"
+
+
+def describe_onnx_choice(device: Any = None, precision: str | None = None) -> str:
+    """One line saying which engine ``device`` (default "auto") runs an ``.onnx`` file on here, and why."""
+    engine = choose_onnx_backend(device, precision)
+    if engine == "openvino":
+        try:
+            from .openvino.backend import cpu_capabilities, import_openvino
+
+            ov = import_openvino()
+            core = ov.Core()
+            bf16 = "BF16" in cpu_capabilities(core)
+            cpu = core.get_property("CPU", "FULL_DEVICE_NAME")
+            return (f"OpenVINO {ov.__version__.split('-')[0]} on the CPU ({cpu}): the fastest CPU engine; "
+                    f"FP32 exact by default, " + ("--precision bf16 available" if bf16 else "no BF16 on this CPU"))
+        except BackendError as e:
+            return f"OpenVINO (requested, but: {e})"
+    try:
+        import onnxruntime
+
+        providers = onnxruntime.get_available_providers()
+    except ImportError:
+        return "ONNX Runtime (not installed: pip install onnxruntime)"
+    if device in (None, "auto") and "CUDAExecutionProvider" in providers:
+        return "ONNX Runtime with CUDA (GPU); build a TensorRT .plan with ssd-build for the fastest GPU path"
+    hint = "" if device not in (None, "auto") else "; pip install 'ssd_deploy[openvino]' for the faster OpenVINO"
+    return f"ONNX Runtime {onnxruntime.__version__} ({device or 'cpu'}){hint}"
 
 
 class Detector:

@@ -31,9 +31,11 @@ def check_repository(root: str | os.PathLike[str], names: Iterable[str] | None =
             raise TritonError(f"{path}: name {cfg.name!r} differs from its folder {d.name!r}")
         if not (d / "1").is_dir():
             raise TritonError(f"{d}: no version folder 1/")
-        kind = "python" if cfg.backend == "python" else cfg.platform
-        if kind in MODEL_FILES and not (d / "1" / MODEL_FILES[kind]).is_file():
-            raise TritonError(f"{d / '1'}: missing {MODEL_FILES[kind]}")
+        kind = cfg.backend if cfg.backend in ("python", "openvino") else cfg.platform
+        # Triton's OpenVINO backend loads default_model_filename (model.xml when unset).
+        wanted = (cfg.default_model_filename or "model.xml") if kind == "openvino" else MODEL_FILES.get(kind)
+        if wanted and not (d / "1" / wanted).is_file():
+            raise TritonError(f"{d / '1'}: missing {wanted}")
         if cfg.max_batch_size > 0 and not cfg.HasField("dynamic_batching") and kind != "ensemble":
             raise TritonError(f"{path}: batching model without dynamic_batching")
         models[cfg.name] = cfg

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from ..contract import DETECTIONS, NUM_DETECTIONS
 from .facts import EngineFacts
-from .layout import IMAGE_INPUT, OUTPUTS, TritonError
+from .layout import IMAGE_INPUT, MODEL_FILES, OUTPUTS, TritonError
 from .pbtxt import Sym
 
 
@@ -25,6 +25,10 @@ class RepoOptions:
     max_image_bytes: int = 16 * 1024 * 1024
     #: Detect parameters to change from the model's own (conf_thresh, nms_thresh, top_k, keep_top_k).
     detect_overrides: dict[str, Any] = field(default_factory=dict)
+    #: What runs an .onnx engine: "onnxruntime" (platform onnxruntime_onnx) or "openvino" (backend).
+    onnx_backend: str = "onnxruntime"
+    #: OpenVINO backend only: run in BF16 (its HINT_BF16 parameter); otherwise nothing is hinted.
+    bf16: bool = False
 
 
 def _tensor(name: str, dtype: str, dims: Sequence[int]) -> dict[str, Any]:
@@ -35,7 +39,30 @@ def _params(values: dict[str, str]) -> list[dict[str, Any]]:
     return [{"key": k, "value": {"string_value": v}} for k, v in values.items()]
 
 
+def _openvino_engine_config(facts: EngineFacts, opts: RepoOptions) -> dict[str, Any]:
+    """Triton's OpenVINO backend (CPU): it reads model.onnx itself when told by default_model_filename."""
+    if opts.kind == "gpu" or opts.gpus:
+        raise TritonError("--backend openvino runs the engine on the CPU; drop --kind gpu / --gpus")
+    params = {"PERFORMANCE_HINT": "LATENCY" if opts.instances == 1 else "THROUGHPUT"}
+    if opts.bf16:
+        params["HINT_BF16"] = "YES"
+    return {
+        "name": f"{opts.name}_engine",
+        "backend": "openvino",
+        "default_model_filename": MODEL_FILES["openvino"],
+        "max_batch_size": facts.max_batch,
+        "input": [_tensor(facts.input_name, "TYPE_FP32", facts.input_dims)],
+        "output": [_tensor(facts.output_names[0], "TYPE_FP32", facts.loc_dims),
+                   _tensor(facts.output_names[1], "TYPE_FP32", facts.conf_dims)],
+        "dynamic_batching": {"max_queue_delay_microseconds": opts.queue_delay_us},
+        "instance_group": [{"count": opts.instances, "kind": Sym("KIND_CPU")}],
+        "parameters": _params(params),
+    }  # fmt: skip
+
+
 def engine_config(facts: EngineFacts, opts: RepoOptions) -> dict[str, Any]:
+    if facts.platform == "openvino":
+        return _openvino_engine_config(facts, opts)
     kind = opts.kind
     if kind == "auto":
         kind = "gpu" if facts.platform == "tensorrt_plan" or opts.gpus else "auto"

@@ -17,7 +17,7 @@ class EngineFacts:
     """What the model configs need to know about the network."""
 
     path: Path
-    platform: str  # tensorrt_plan | onnxruntime_onnx
+    platform: str  # tensorrt_plan | onnxruntime_onnx | openvino (Triton's OpenVINO backend)
     config: SSDConfig
     precision: str
     input_name: str

@@ -12,7 +12,7 @@ from ..config import ConfigError
 from .check import check_repository
 from .configs import RepoOptions, end_to_end_config, engine_config, ensemble_config, python_config
 from .facts import EngineFacts, engine_facts
-from .layout import CONFIG_FILE, MODEL_FILES, TEMPLATE, TritonError
+from .layout import CONFIG_FILE, MODEL_FILES, ONNX_BACKENDS, TEMPLATE, TritonError
 from .pbtxt import to_pbtxt
 
 
@@ -49,6 +49,20 @@ def generate(
     if not opts.name.replace("_", "").replace("-", "").isalnum():
         raise TritonError(f"model name {opts.name!r} must be letters, digits, '-' and '_'")
     facts = engine_facts(engine, max_batch)
+    if opts.onnx_backend not in ONNX_BACKENDS:
+        raise TritonError(f"--backend must be one of {', '.join(ONNX_BACKENDS)}, got {opts.onnx_backend!r}")
+    if opts.onnx_backend == "openvino":
+        if facts.platform != "onnxruntime_onnx":
+            raise TritonError(f"{facts.path}: --backend openvino needs an .onnx file, not a TensorRT plan")
+        facts.platform = "openvino"
+        if not opts.bf16:
+            # The backend accepts HINT_BF16=YES only and rejects other OpenVINO properties, and
+            # OpenVINO's CPU default on CPUs with BF16 is BF16 (docs/openvino.md).
+            facts.notes.append("Triton's OpenVINO backend cannot pin FP32: on a CPU with AVX512-BF16 or AMX "
+                               "OpenVINO runs this graph in BF16; its accuracy there is what "
+                               "ssd-check --device openvino --precision bf16 reports")  # fmt: skip
+    elif opts.bf16:
+        raise TritonError("--precision bf16 needs --backend openvino")
     config = facts.config
     if opts.detect_overrides:
         unknown = set(opts.detect_overrides) - {"conf_thresh", "nms_thresh", "top_k", "keep_top_k"}
@@ -94,8 +108,8 @@ def generate(
             if cfg.get("backend") == "python":
                 shutil.copyfile(TEMPLATE, vdir / "model.py")
                 (vdir / CONFIG_FILE).write_text(config.to_json() + "\n")
-            elif cfg.get("platform") in MODEL_FILES:
-                shutil.copyfile(facts.path, vdir / MODEL_FILES[cfg["platform"]])
+            elif (cfg.get("platform") or cfg.get("backend")) in MODEL_FILES:
+                shutil.copyfile(facts.path, vdir / MODEL_FILES[cfg.get("platform") or cfg["backend"]])
                 if facts.platform == "tensorrt_plan":
                     shutil.copyfile(f"{facts.path}.json", vdir / "model.plan.json")
         validated = False
