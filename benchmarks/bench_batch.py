@@ -28,7 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ssd_deploy.batch import RunOptions, run
+# The imports below need ROOT on sys.path (the script runs from a checkout, not installed).
+from ssd_deploy.batch import RunOptions, run  # noqa: E402
 
 
 def make_images(folder: Path, n: int, width: int, height: int) -> None:
@@ -51,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="ONNX Runtime intra-op threads per model (default: its own choice)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime intra-op threads per model (default: its own choice)",
+    )
     ap.add_argument("--out", default=None, help="append a Markdown table here")
     ap.add_argument("--json", default=None)
     ap.add_argument("--label", default=None, help="name of the engine in the table")
@@ -86,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name].append(s.images_per_s)
                 steady[name].append(s.steady_images_per_s)
                 first[name].append(s.first_result_s)
-                print(f"round {r + 1} {name}: {s.images_per_s:.2f} images/s ({s.seconds:.1f} s), steady "
-                      f"{s.steady_images_per_s:.2f}, first result after {s.first_result_s:.1f} s", flush=True)
+                print(
+                    f"round {r + 1} {name}: {s.images_per_s:.2f} images/s ({s.seconds:.1f} s), steady "
+                    f"{s.steady_images_per_s:.2f}, first result after {s.first_result_s:.1f} s",
+                    flush=True,
+                )
         load1 = os.getloadavg()
     finally:
         import ray
@@ -100,18 +108,26 @@ def main(argv: list[str] | None = None) -> int:
     base_steady = statistics.median(steady["in-process"])
     label = args.label or Path(args.engine).name
     lines = [
-        (f"\n### {label}: {args.images} images {args.width}x{args.height} JPEG, batch {args.batch}, "
-         f"{args.rounds} rounds\n"),
-        (f"Ray start-up (once, not in the rates): {ray_start:.1f} s. Load average before "
-         f"{load0[0]:.1f}, after {load1[0]:.1f}.\n"),
-        ("| mode | whole job, images/s | each round | vs in-process | first result after, s "
-         "| steady, images/s | vs in-process |"),
+        (
+            f"\n### {label}: {args.images} images {args.width}x{args.height} JPEG, batch {args.batch}, "
+            f"{args.rounds} rounds\n"
+        ),
+        (
+            f"Ray start-up (once, not in the rates): {ray_start:.1f} s. Load average before "
+            f"{load0[0]:.1f}, after {load1[0]:.1f}.\n"
+        ),
+        (
+            "| mode | whole job, images/s | each round | vs in-process | first result after, s "
+            "| steady, images/s | vs in-process |"
+        ),
         "|---|---:|---|---:|---:|---:|---:|",
     ]
     for name, vals in runs.items():
         med, st = statistics.median(vals), statistics.median(steady[name])
-        lines.append(f"| {name} | {med:.2f} | {', '.join(f'{v:.2f}' for v in vals)} | {med / base:.2f}x "
-                     f"| {statistics.median(first[name]):.1f} | {st:.2f} | {st / base_steady:.2f}x |")
+        lines.append(
+            f"| {name} | {med:.2f} | {', '.join(f'{v:.2f}' for v in vals)} | {med / base:.2f}x "
+            f"| {statistics.median(first[name]):.1f} | {st:.2f} | {st / base_steady:.2f}x |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
@@ -120,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "engine": label, "images": args.images, "size": [args.width, args.height], "batch": args.batch,
-            "rounds": args.rounds, "ray_start_s": ray_start, "images_per_s": runs, "steady_images_per_s": steady,
-            "first_result_s": first,
-            "loadavg": [load0, load1], "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            "rounds": args.rounds, "ray_start_s": ray_start, "images_per_s": runs,
+            "steady_images_per_s": steady, "first_result_s": first, "loadavg": [load0, load1],
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         }, indent=1))  # fmt: skip
     return 0
 

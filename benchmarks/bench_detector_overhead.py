@@ -28,13 +28,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np
-
-from ssd_deploy.benchmark.report import fmt_ms, library_versions, load_average, machine_info
-from ssd_deploy.benchmark.stats import paired_ratio, summarize
+# The imports below need ROOT on sys.path (the script runs from a checkout, not installed).
+from ssd_deploy.benchmark.report import fmt_ms, library_versions, load_average, machine_info  # noqa: E402
+from ssd_deploy.benchmark.stats import paired_ratio, summarize  # noqa: E402
 
 TARGET_PCT = 10.0
 
@@ -46,10 +47,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--intra-op-threads", type=int, default=None)
-    ap.add_argument("--device", default=None,
-                    help="Detector.load device (default: auto); with openvino the bare side is an infer request")
+    ap.add_argument(
+        "--device",
+        default=None,
+        help="Detector.load device (default: auto); with openvino the bare side is an infer request",
+    )
     ap.add_argument("--precision", default=None, help="OpenVINO precision (bf16), default exact")
-    ap.add_argument("--target-pct", type=float, default=TARGET_PCT, help="overhead target in % (default 10)")
+    ap.add_argument("--target-pct", type=float, default=TARGET_PCT, help="overhead target in %% (default 10)")
     ap.add_argument(
         "--name", default="detector_overhead", help="results file stem (default detector_overhead)"
     )
@@ -86,6 +90,7 @@ def main() -> int:
 
         def bare() -> Any:
             return session.run(["loc", "conf"], {"images": x})
+
     x, _ = preprocess([image], det.config)
     x = np.ascontiguousarray(x, dtype=np.float32)
 
@@ -133,8 +138,12 @@ def main() -> int:
     machine = machine_info()
     command = " ".join(["python", "benchmarks/bench_detector_overhead.py", *sys.argv[1:]])
     cols = ("min", "mean", "median", "p90", "p95", "p99", "max")
-    table = Table(title=f"Detector vs bare InferenceSession.run (ms), batch 1, {args.rounds} interleaved rounds",
-                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
+    table = Table(
+        title=f"Detector vs bare InferenceSession.run (ms), batch 1, {args.rounds} interleaved rounds",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     short = ("min", "median", "mean", "p90", "max")  # the terminal gets 80 columns; the files get all
     for col in ("variant", *short, "CV %", "vs session.run"):
         table.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
@@ -145,7 +154,8 @@ def main() -> int:
     con.print(table)
     headline = (f"Detector.detect overhead at batch 1: {pct:+.1f} % (paired median, 95 % CI {low:+.1f} .. "
                 f"{high:+.1f} %): {verdict} the <= {target_pct:g} % target; inside one call, everything but "
-                f"the network adds {within['median_pct']:.1f} % (median; p90 {within['p90_pct']:.1f} %)")  # fmt: skip
+                f"the network adds {within['median_pct']:.1f} % "
+                f"(median; p90 {within['p90_pct']:.1f} %)")  # fmt: skip
     con.print(headline)
     con.print("detect_timed stages (mean ms): " + ", ".join(f"{k} {v:.2f}" for k, v in stage_ms.items()))
 
@@ -154,8 +164,9 @@ def main() -> int:
     record = {
         "command": command, "started": started, "machine": machine, "versions": library_versions(),
         "load_average_before": load_before, "load_average_after": load_after,
-        "onnx": str(args.onnx), "backend": det.backend.describe(), "precision": det.backend.precision, "image": image_path.name,
-        "image_size": list(image.shape[1::-1]), "rounds": args.rounds, "warmup": args.warmup,
+        "onnx": str(args.onnx), "backend": det.backend.describe(), "precision": det.backend.precision,
+        "image": image_path.name, "image_size": list(image.shape[1::-1]),
+        "rounds": args.rounds, "warmup": args.warmup,
         "intra_op_threads": args.intra_op_threads or "onnxruntime default",
         "detections_at_default_thresholds": len(ref),
         "latency_ms": {k: s.to_dict() for k, s in summaries.items()},
@@ -168,24 +179,31 @@ def main() -> int:
     (out / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
     m = machine
     lines = [
-        "# Detector overhead vs bare InferenceSession.run (batch 1)" if det.backend.name != "openvino" else
-        "# Detector overhead vs the bare OpenVINO infer request (batch 1; rows named session.run are that call)",
+        "# Detector overhead vs bare InferenceSession.run (batch 1)"
+        if det.backend.name != "openvino"
+        else (
+            "# Detector overhead vs the bare OpenVINO infer request "
+            "(batch 1; rows named session.run are that call)"
+        ),
         "",
         f"Recorded with `{command}` on {started}.  ",
         (
-            f"Machine: {m['cpu']}, {m['usable_cpus']} usable CPUs ({m['physical_cores'] or '?'} physical cores), "
-            f"{m['memory_gib']} GiB, {m['os']}, Python {m['python']}.  "
+            f"Machine: {m['cpu']}, {m['usable_cpus']} usable CPUs ({m['physical_cores'] or '?'} physical "
+            f"cores), {m['memory_gib']} GiB, {m['os']}, Python {m['python']}.  "
         ),
         "Versions: " + ", ".join(f"{k} {v}" for k, v in library_versions().items()) + ".  ",
         f"Load average before {load_before}, after {load_after}.  ",
         (
             f"Model `{args.onnx}` ({det.backend.precision}), image {image_path.name} "
-            f"{image.shape[1]}x{image.shape[0]}, {len(ref)} detections at the default thresholds; ONNX Runtime "
-            f"intra-op threads: {args.intra_op_threads or 'default'}; {args.warmup} warm-up + {args.rounds} "
-            "measured rounds, interleaved."
+            f"{image.shape[1]}x{image.shape[0]}, {len(ref)} detections at the default thresholds; "
+            f"ONNX Runtime intra-op threads: {args.intra_op_threads or 'default'}; "
+            f"{args.warmup} warm-up + {args.rounds} measured rounds, interleaved."
         ),
         "",
-        "| variant | min | mean | median | p90 | p95 | p99 | max | CV % | vs session.run (paired median [95% CI]) |",
+        (
+            "| variant | min | mean | median | p90 | p95 | p99 | max | CV % "
+            "| vs session.run (paired median [95% CI]) |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, s in summaries.items():
@@ -198,7 +216,8 @@ def main() -> int:
             f"**Overhead of `Detector.detect` over the bare session at batch 1: {pct:+.1f} %** "
             f"(paired median over rounds, 95 % CI {low:+.1f} .. {high:+.1f} %); target <= {target_pct:g} %: "
             f"{verdict}. Inside one call (from `detect_timed`, immune to load drift between calls), "
-            f"everything but the network adds {within['median_pct']:.1f} % (median; p90 {within['p90_pct']:.1f} %)."
+            f"everything but the network adds {within['median_pct']:.1f} % (median; p90 "
+            f"{within['p90_pct']:.1f} %)."
         ),
         "",
         "Stage means from `detect_timed` (ms): "

@@ -30,18 +30,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import numpy as np
-from bench_postprocess import flat_heads, realistic_heads
+# The imports below need ROOT on sys.path (the script runs from a checkout, not installed).
+from bench_postprocess import flat_heads, realistic_heads  # noqa: E402
 
-from ssd_deploy.config import preset
-from ssd_deploy.contract import CONFIG_KEY, DETECTIONS, NUM_DETECTIONS
-from ssd_deploy.endtoend import add_end_to_end
-from ssd_deploy.postprocess import detect
-from ssd_deploy.priors import prior_boxes
+from ssd_deploy.config import preset  # noqa: E402
+from ssd_deploy.contract import CONFIG_KEY, DETECTIONS, NUM_DETECTIONS  # noqa: E402
+from ssd_deploy.endtoend import add_end_to_end  # noqa: E402
+from ssd_deploy.postprocess import detect  # noqa: E402
+from ssd_deploy.priors import prior_boxes  # noqa: E402
 
 
 def passthrough_onnx(path: Path, cfg: Any) -> Path:
@@ -50,8 +52,10 @@ def passthrough_onnx(path: Path, cfg: Any) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     p, c = cfg.num_priors, cfg.num_classes
-    nodes = [helper.make_node("Identity", [src], [dst])
-             for src, dst in (("loc_in", "loc"), ("conf_in", "conf"), ("priors_table", "priors"))]
+    nodes = [
+        helper.make_node("Identity", [src], [dst])
+        for src, dst in (("loc_in", "loc"), ("conf_in", "conf"), ("priors_table", "priors"))
+    ]
     graph = helper.make_graph(
         nodes, "postprocess_only",
         [helper.make_tensor_value_info("loc_in", TensorProto.FLOAT, ["batch", p, 4]),

@@ -33,9 +33,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ssd_deploy.config import VOC_CLASSES
-from ssd_deploy.evaluation.datasets import DetectionSet, EvalDataset, ImageRecord
-from ssd_deploy.evaluation.voc import evaluate_voc
+# The imports below need ROOT on sys.path (the script runs from a checkout, not installed).
+from ssd_deploy.config import VOC_CLASSES  # noqa: E402
+from ssd_deploy.evaluation.datasets import DetectionSet, EvalDataset, ImageRecord  # noqa: E402
+from ssd_deploy.evaluation.voc import evaluate_voc  # noqa: E402
 
 
 def make_data(n_img: int, per: int, seed: int = 0) -> tuple[list[ImageRecord], DetectionSet]:

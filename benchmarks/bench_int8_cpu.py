@@ -27,17 +27,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np
-
-from ssd_deploy.benchmark.report import load_average, machine_info
-from ssd_deploy.benchmark.stats import paired_ratio, summarize
-from ssd_deploy.config import METADATA_KEY, SSDConfig
-from ssd_deploy.fileio import atomic_write
-from ssd_deploy.preprocess import preprocess
-from ssd_deploy.samples import sample_images
+# The imports below need ROOT on sys.path (the script runs from a checkout, not installed).
+from ssd_deploy.benchmark.report import load_average, machine_info  # noqa: E402
+from ssd_deploy.benchmark.stats import paired_ratio, summarize  # noqa: E402
+from ssd_deploy.config import METADATA_KEY, SSDConfig  # noqa: E402
+from ssd_deploy.fileio import atomic_write  # noqa: E402
+from ssd_deploy.preprocess import preprocess  # noqa: E402
+from ssd_deploy.samples import sample_images  # noqa: E402
 
 
 def _cpu_flags() -> list[str]:

@@ -35,14 +35,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np
-
-from ssd_deploy.config import DetectParams, preset
-from ssd_deploy.postprocess import detect
-from ssd_deploy.priors import prior_boxes
+# The imports below need ROOT on sys.path (the script runs from a checkout, not installed).
+from ssd_deploy.config import DetectParams, preset  # noqa: E402
+from ssd_deploy.postprocess import detect  # noqa: E402
+from ssd_deploy.priors import prior_boxes  # noqa: E402
 
 Result = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes [K,4], scores [K], labels [K]
 
@@ -293,13 +294,15 @@ def main() -> int:
         base = np.asarray(wall["ours"])
         rows = {}
         print(
-            f"   {'variant':12s} {'median ms':>10s} {'p90 ms':>8s} {'cpu med':>8s}  {'x ours (paired median)':>22s}"
+            f"   {'variant':12s} {'median ms':>10s} {'p90 ms':>8s} {'cpu med':>8s}  "
+            f"{'x ours (paired median)':>22s}"
         )
         for name in names:
             w = np.asarray(wall[name])
             ratio = float(np.median(w / base))
             rows[name] = {"median_ms": float(np.median(w)), "p90_ms": float(np.percentile(w, 90)),
-                          "cpu_median_ms": float(np.median(cpu[name])), "ratio_to_ours": ratio, "n": int(w.size)}  # fmt: skip
+                          "cpu_median_ms": float(np.median(cpu[name])), "ratio_to_ours": ratio,
+                          "n": int(w.size)}  # fmt: skip
             print(f"   {name:12s} {rows[name]['median_ms']:10.3f} {rows[name]['p90_ms']:8.3f} "
                   f"{rows[name]['cpu_median_ms']:8.3f}  {ratio:22.2f}")  # fmt: skip
         report["cases"][case] = {"above_thresh": above, "detections": dets, "variants": rows}

@@ -188,16 +188,18 @@ def _markdown(rows: list[dict[str, Any]], command: str, args: argparse.Namespace
         f"`{command}`",
         "",
         (
-            f"{args.requests} requests from {args.clients} clients (each sends its share back to back over one "
-            f"keep-alive connection, no retries), one replica, max batch {args.max_batch}, ONNX Runtime CPU, "
+            f"{args.requests} requests from {args.clients} clients (each sends its share back to back over "
+            f"one keep-alive connection, no retries), one replica, max batch {args.max_batch}, "
+            "ONNX Runtime CPU, "
             f"SSD300 JPEG uploads of the sample photos. `GET /healthz` every 100 ms during the burst. "
-            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, **shared with other jobs while this ran**: "
-            "absolute times are noisy, compare settings within a round."
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, **shared with other jobs while this "
+            "ran**: absolute times are noisy, compare settings within a round."
         ),
         "",
         (
-            "| round | setting | max pending | Serve max ongoing | served | refused (503) | errors | wall s | "
-            "served p50 ms | served p99 ms | 503 p50 ms | healthz p50 ms | healthz p99 ms | healthz max ms |"
+            "| round | setting | max pending | Serve max ongoing | served | refused (503) | errors "
+            "| wall s | served p50 ms | served p99 ms | 503 p50 ms | healthz p50 ms | healthz p99 ms "
+            "| healthz max ms |"
         ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]

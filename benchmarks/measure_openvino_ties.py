@@ -14,18 +14,20 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import numpy as np
-from bench_end_to_end import mismatches, passthrough_onnx
+# The imports below need ROOT on sys.path (the script runs from a checkout, not installed).
+from bench_end_to_end import mismatches, passthrough_onnx  # noqa: E402
 
-from ssd_deploy.config import DetectParams, preset
-from ssd_deploy.contract import DETECTIONS, NUM_DETECTIONS
-from ssd_deploy.endtoend import DEFAULT_TIE_MARGIN, add_end_to_end
-from ssd_deploy.postprocess import detect
-from ssd_deploy.priors import prior_boxes
+from ssd_deploy.config import DetectParams, preset  # noqa: E402
+from ssd_deploy.contract import DETECTIONS, NUM_DETECTIONS  # noqa: E402
+from ssd_deploy.endtoend import DEFAULT_TIE_MARGIN, add_end_to_end  # noqa: E402
+from ssd_deploy.postprocess import detect  # noqa: E402
+from ssd_deploy.priors import prior_boxes  # noqa: E402
 
 
 def main() -> None:

@@ -26,11 +26,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import numpy as np
 
 #: Per cycle and core, what one Zen 4 core (AVX-512 executed on two 256-bit FMA pipes) retires at
 #: most: FP32 FMA 2 pipes x 8 lanes x 2 ops; BF16 VDPBF16PS twice that (pairs of BF16 per lane);
@@ -130,23 +130,36 @@ def main() -> int:
     kinds = {"pytorch": "fp32", "ort_fp32": "fp32", "ort_int8": "int8", "ov_fp32": "fp32", "ov_bf16": "bf16",
              "ov_int8": "int8", "ov_int8_ortq": "int8"}  # fmt: skip
     lines = [
-        "", "## Achieved GOP/s against this CPU's peak", "",
-        (f"Peak = {cores} cores x {mhz:.0f} MHz (nominal clock from /proc/cpuinfo; boost clocks are hidden "
-         "by the hypervisor, so the true peak can be higher) x ops per cycle per core of a Zen 4 core "
-         "(AVX-512 on two 256-bit pipes): FP32 FMA 32, BF16 dot-product 64, INT8 VNNI 128. "
-         f"That is FP32 {peak['fp32']:.0f}, BF16 {peak['bf16']:.0f}, INT8 {peak['int8']:.0f} GOP/s. "
-         f"numpy's BLAS sgemm (2048^3) reached {sgemm:.0f} GFLOP/s in this run: the practical FP32 ceiling."),
-        ("GOP/s counts 2 ops per multiply-accumulate of the network (ssd_deploy.cost); end to end, "
-         "preprocess and decode/NMS time count against it."), "",
-        "| engine | batch | img/s | GOP/s end to end | GOP/s network alone | kind | % of peak (e2e / network) |",
+        "",
+        "## Achieved GOP/s against this CPU's peak",
+        "",
+        (
+            f"Peak = {cores} cores x {mhz:.0f} MHz (nominal clock from /proc/cpuinfo; boost clocks are "
+            "hidden by the hypervisor, so the true peak can be higher) x ops per cycle per core of a "
+            "Zen 4 core (AVX-512 on two 256-bit pipes): FP32 FMA 32, BF16 dot-product 64, INT8 VNNI 128. "
+            f"That is FP32 {peak['fp32']:.0f}, BF16 {peak['bf16']:.0f}, INT8 {peak['int8']:.0f} GOP/s. "
+            f"numpy's BLAS sgemm (2048^3) reached {sgemm:.0f} GFLOP/s in this run: "
+            "the practical FP32 ceiling."
+        ),
+        (
+            "GOP/s counts 2 ops per multiply-accumulate of the network (ssd_deploy.cost); end to end, "
+            "preprocess and decode/NMS time count against it."
+        ),
+        "",
+        (
+            "| engine | batch | img/s | GOP/s end to end | GOP/s network alone | kind "
+            "| % of peak (e2e / network) |"
+        ),
         "|---|---:|---:|---:|---:|---|---|",
     ]
     for r in report["results"]:
         gops, net = r.get("gflops") or 0.0, r.get("gflops_compute") or 0.0
         kind = kinds.get(r["engine"], "fp32")
         top = peak[kind] or float("nan")
-        lines.append(f"| {r['engine']} | {r['batch']} | {r['throughput_ips']:.2f} | {gops:.0f} | {net:.0f} | "
-                     f"{kind} | {100 * gops / top:.0f} % / {100 * net / top:.0f} % |")
+        lines.append(
+            f"| {r['engine']} | {r['batch']} | {r['throughput_ips']:.2f} | {gops:.0f} | {net:.0f} | "
+            f"{kind} | {100 * gops / top:.0f} % / {100 * net / top:.0f} % |"
+        )
     with open(out / f"{args.name}.md", "a") as f:
         f.write("\n".join(lines) + "\n")
     for s in subjects:

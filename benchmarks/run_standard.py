@@ -86,8 +86,11 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default="standard_cpu", help="results file stem (default standard_cpu)")
-    ap.add_argument("--out", default="out/bench",
-                    help="results folder (default out/bench; pass benchmarks/results to record a run)")
+    ap.add_argument(
+        "--out",
+        default="out/bench",
+        help="results folder (default out/bench; pass benchmarks/results to record a run)",
+    )
     ap.add_argument(
         "--no-torch", action="store_true", help="leave PyTorch eager out (baseline becomes FP32 ONNX)"
     )

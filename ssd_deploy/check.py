@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,10 +40,31 @@ from .runtime import Backend, BackendError, Detector
 #: 0.997; int8 (percentile, TensorRT graph) loc 0.59-0.69, conf 0.089-0.096, recall/precision
 #: 0.89-0.91.
 THRESHOLDS: dict[str, dict[str, float]] = {
-    "fp32": {"loc_max": 1e-3, "conf_max": 1e-4, "recall": 0.99, "precision": 0.99, "score_delta": 1e-3, "box_px": 0.1},
-    "fp16": {"loc_max": 2e-2, "conf_max": 5e-3, "recall": 0.98, "precision": 0.98, "score_delta": 5e-3, "box_px": 0.5},
+    "fp32": {
+        "loc_max": 1e-3,
+        "conf_max": 1e-4,
+        "recall": 0.99,
+        "precision": 0.99,
+        "score_delta": 1e-3,
+        "box_px": 0.1,
+    },
+    "fp16": {
+        "loc_max": 2e-2,
+        "conf_max": 5e-3,
+        "recall": 0.98,
+        "precision": 0.98,
+        "score_delta": 5e-3,
+        "box_px": 0.5,
+    },
     # box_px: 3 % of a 300 input
-    "int8": {"loc_max": 1.0, "conf_max": 0.15, "recall": 0.85, "precision": 0.85, "score_delta": 0.08, "box_px": 9.0},
+    "int8": {
+        "loc_max": 1.0,
+        "conf_max": 0.15,
+        "recall": 0.85,
+        "precision": 0.85,
+        "score_delta": 0.08,
+        "box_px": 9.0,
+    },
 }
 THRESHOLDS["mixed"] = THRESHOLDS["fp16"]
 #: bf16 (OpenVINO's BF16 inference hint on an FP32 graph): 8 significant bits instead of fp16's 11,
@@ -50,8 +72,14 @@ THRESHOLDS["mixed"] = THRESHOLDS["fp16"]
 #: (docs/precision.md, "OpenVINO"): loc 0.046, conf 0.013, score p95 0.004, box p95 0.15 px,
 #: recall/precision 0.978-0.979 (near-tie NMS flips among ~1600 overlapping random-weight boxes).
 #: Limits ~2-3x those, recall/precision like fp16's with the flips' margin.
-THRESHOLDS["bf16"] = {"loc_max": 0.15, "conf_max": 0.04, "recall": 0.95, "precision": 0.95,
-                      "score_delta": 0.012, "box_px": 0.5}
+THRESHOLDS["bf16"] = {
+    "loc_max": 0.15,
+    "conf_max": 0.04,
+    "recall": 0.95,
+    "precision": 0.95,
+    "score_delta": 0.012,
+    "box_px": 0.5,
+}
 
 
 @dataclass
@@ -126,8 +154,11 @@ def _spread(name: str, values: list[float]) -> dict[str, float]:
     if not values:
         return {f"max_{name}": 0.0, f"mean_{name}": 0.0, f"p95_{name}": 0.0}
     arr = np.asarray(values)
-    return {f"max_{name}": float(arr.max()), f"mean_{name}": float(arr.mean()),
-            f"p95_{name}": float(np.percentile(arr, 95))}
+    return {
+        f"max_{name}": float(arr.max()),
+        f"mean_{name}": float(arr.mean()),
+        f"p95_{name}": float(np.percentile(arr, 95)),
+    }
 
 
 def reference_backend(artifact: Backend, weights: str | None) -> Backend:
@@ -185,8 +216,10 @@ def _semantics_notes(artifact: Any, checkpoint: Any) -> list[str]:
     differ = [label for label, attr in fields if getattr(artifact, attr) != getattr(checkpoint, attr)]
     if not differ:
         return []
-    note = (f"the artifact's {', '.join(differ)} differ from what the checkpoint's format implies; "
-            "re-export it to get that format's semantics (docs/checkpoints.md)")
+    note = (
+        f"the artifact's {', '.join(differ)} differ from what the checkpoint's format implies; "
+        "re-export it to get that format's semantics (docs/checkpoints.md)"
+    )
     return [note]
 
 
@@ -223,7 +256,7 @@ def check_artifact(
     classes = det.config.num_classes
     tot = ClassMatch()
     for start in range(0, len(files), batch):
-        chunk = files[start:start + batch]
+        chunk = files[start : start + batch]
         x, sizes = preprocess(chunk, det.config)
         loc_a, conf_a = det.infer(x)
         loc_r, conf_r = ref.run(x)
@@ -241,8 +274,9 @@ def check_artifact(
                 rb, rs = w[c]
                 keep = rs >= min_score
                 sel = g.class_ids == c
-                m, miss, extra, sd, bd = match_detections(rb[keep], rs[keep], g.boxes[sel].astype(np.float64),
-                                                          g.scores[sel].astype(np.float64))
+                m, miss, extra, sd, bd = match_detections(
+                    rb[keep], rs[keep], g.boxes[sel].astype(np.float64), g.scores[sel].astype(np.float64)
+                )
                 tot.matched += m
                 tot.missing += miss
                 tot.extra += extra
@@ -264,8 +298,12 @@ def check_artifact(
         **_spread("box_delta_input_px", tot.box_deltas_input_px),
     }  # fmt: skip
     failures = []
-    for key, val in (("loc_max", heads["loc"]["max_abs"]), ("conf_max", heads["conf"]["max_abs"]),
-                     ("score_delta", dets["p95_score_delta"]), ("box_px", dets["p95_box_delta_input_px"])):
+    for key, val in (
+        ("loc_max", heads["loc"]["max_abs"]),
+        ("conf_max", heads["conf"]["max_abs"]),
+        ("score_delta", dets["p95_score_delta"]),
+        ("box_px", dets["p95_box_delta_input_px"]),
+    ):
         if not val <= limits[key]:
             failures.append(f"{key} {val:.3g} > {limits[key]:.3g}")
     if dets["reference"] == 0:
@@ -275,8 +313,8 @@ def check_artifact(
             failures.append(f"detection {key} {dets[key]:.3f} < {limits[key]:.3f}")
     report = CheckReport(
         artifact=str(engine), reference=ref.path, precision=det.backend.precision,
-        images=[str(f) for f in files], min_score=min_score, input_size=det.config.size, heads=heads, detections=dets,
-        thresholds=limits, failures=failures, seconds=time.perf_counter() - t0,
+        images=[str(f) for f in files], min_score=min_score, input_size=det.config.size, heads=heads,
+        detections=dets, thresholds=limits, failures=failures, seconds=time.perf_counter() - t0,
         notes=_semantics_notes(det.config, getattr(ref, "checkpoint_config", None)),
     )  # fmt: skip
     det.close()

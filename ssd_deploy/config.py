@@ -11,8 +11,9 @@ import dataclasses
 import json
 import math
 import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .contract import CONFIG_KEY, PRECISION_KEY, RECIPE_KEY, VERSION_KEY, WEIGHTS_KEY  # noqa: F401
 from .errors import InputError
@@ -74,7 +75,9 @@ class PriorConfig:
         if isinstance(self.clip, bool):
             object.__setattr__(self, "clip", "all" if self.clip else "none")
         if self.clip not in CLIP_MODES:
-            raise ConfigError(f"prior config {self.name!r}: clip must be one of {CLIP_MODES}, got {self.clip!r}")
+            raise ConfigError(
+                f"prior config {self.name!r}: clip must be one of {CLIP_MODES}, got {self.clip!r}"
+            )
         n = len(self.feature_maps)
         for attr in ("steps", "min_sizes", "max_sizes", "aspect_ratios"):
             if len(getattr(self, attr)) != n:
@@ -115,7 +118,7 @@ class DetectParams:
     wh_clamp: float | None = None
     nms_nan_suppresses: bool = True
 
-    def replace(self, **changes: Any) -> "DetectParams":
+    def replace(self, **changes: Any) -> DetectParams:
         """A copy with ``changes`` applied; ``None`` values mean 'keep the current value'
         except for ``keep_top_k`` where it means 'no cap' only when passed explicitly."""
         clean = {k: v for k, v in changes.items() if v is not None or k == "keep_top_k"}
@@ -130,8 +133,12 @@ class DetectParams:
                 raise ConfigError(f"{name} must be a finite number, got {v!r}")
         for name in ("top_k", "keep_top_k"):
             v = getattr(self, name)
-            if (v is not None or name == "top_k") and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
-                raise ConfigError(f"{name} must be an integer{' or None' if name == 'keep_top_k' else ''}, got {v!r}")
+            if (v is not None or name == "top_k") and (
+                isinstance(v, bool) or not isinstance(v, numbers.Integral)
+            ):
+                raise ConfigError(
+                    f"{name} must be an integer{' or None' if name == 'keep_top_k' else ''}, got {v!r}"
+                )
         if not 0.0 <= self.conf_thresh < 1.0:
             raise ConfigError(f"conf_thresh must be in [0, 1), got {self.conf_thresh}")
         if not 0.0 < self.nms_thresh <= 1.0:
@@ -202,7 +209,9 @@ class SSDConfig:
             )
         if self.channel_order not in ("RGB", "BGR"):
             raise ConfigError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
-        if len(self.mean) != 3 or not all(isinstance(m, (int, float)) and math.isfinite(m) for m in self.mean):
+        if len(self.mean) != 3 or not all(
+            isinstance(m, (int, float)) and math.isfinite(m) for m in self.mean
+        ):
             raise ConfigError(f"mean must be 3 finite values, got {self.mean!r}")
         self.detect.validate()
 
@@ -214,7 +223,7 @@ class SSDConfig:
     def num_sources(self) -> int:
         return len(self.prior.feature_maps)
 
-    def replace(self, **changes: Any) -> "SSDConfig":
+    def replace(self, **changes: Any) -> SSDConfig:
         return dataclasses.replace(self, **changes)
 
     # -- (de)serialisation ---------------------------------------------------------------------
@@ -227,7 +236,7 @@ class SSDConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SSDConfig":
+    def from_dict(cls, d: dict[str, Any]) -> SSDConfig:
         try:
             schema = d.get("schema", SCHEMA_VERSION)
             if schema != SCHEMA_VERSION:
@@ -260,7 +269,7 @@ class SSDConfig:
             raise ConfigError(f"malformed SSD config: {type(e).__name__}: {e}") from None
 
     @classmethod
-    def from_metadata(cls, meta: "Mapping[str, str]", source: str) -> "SSDConfig":
+    def from_metadata(cls, meta: Mapping[str, str], source: str) -> SSDConfig:
         """The config stored under :data:`METADATA_KEY` in an artifact's metadata.
 
         Raises :class:`ConfigError` naming ``source`` (the file) when it is missing or malformed.
@@ -275,7 +284,7 @@ class SSDConfig:
             raise ConfigError(f"{source}: bad '{METADATA_KEY}' metadata: {e}") from None
 
     @classmethod
-    def from_json(cls, text: str) -> "SSDConfig":
+    def from_json(cls, text: str) -> SSDConfig:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:

@@ -67,8 +67,10 @@ def artifact_kind(path: str | os.PathLike[str]) -> str | None:
 
 def describe_suffixes() -> str:
     """For error messages: the file types an artifact may have."""
-    return (".onnx (ONNX Runtime / OpenVINO), .plan/.engine (TensorRT), .xml (OpenVINO IR) "
-            "or .pth/.pt (PyTorch checkpoint)")
+    return (
+        ".onnx (ONNX Runtime / OpenVINO), .plan/.engine (TensorRT), .xml (OpenVINO IR) "
+        "or .pth/.pt (PyTorch checkpoint)"
+    )
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

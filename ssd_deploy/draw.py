@@ -30,11 +30,11 @@ def draw_detections(
         draw.rectangle([x1, y1, x2, y2], outline=color, width=line_width)
         label = f"{name} {score:.2f}"
         tx, ty = x1 + 2, max(0.0, y1 - 12)
-        l, t, r, b = draw.textbbox((tx, ty), label)
-        draw.rectangle([l - 1, t - 1, r + 1, b + 1], fill=color)
+        left, top, right, bottom = draw.textbbox((tx, ty), label)
+        draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill=color)
         draw.text((tx, ty), label, fill=(0, 0, 0))
     if banner:
-        l, t, r, b = draw.textbbox((4, 4), banner)
-        draw.rectangle([0, 0, im.width, b + 4], fill=(200, 0, 0))
+        _, _, _, bottom = draw.textbbox((4, 4), banner)
+        draw.rectangle([0, 0, im.width, bottom + 4], fill=(200, 0, 0))
         draw.text((4, 4), banner, fill=(255, 255, 255))
     return im

@@ -39,7 +39,9 @@ def one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def optional_import(module: str, *, extra: str | None = None, purpose: str = "", package: str | None = None) -> ModuleType:
+def optional_import(
+    module: str, *, extra: str | None = None, purpose: str = "", package: str | None = None
+) -> ModuleType:
     """Import an optional dependency, or raise :class:`MissingDependency` saying what to install.
 
     ``extra`` names the ssd_deploy extra that brings it (``pip install 'ssd_deploy[extra]'``);

@@ -1,4 +1,5 @@
-"""Export SSD to ONNX (the library; the command ``python -m ssd_deploy.export`` is :mod:`ssd_deploy.cli.export`).
+"""Export SSD to ONNX (the library; the command ``python -m ssd_deploy.export`` is
+:mod:`ssd_deploy.cli.export`).
 
 The file holds the network heads (``loc``, softmax ``conf``) plus the constant ``priors``, a dynamic
 batch dimension, and the full :class:`~ssd_deploy.config.SSDConfig` in its metadata so that a runtime
@@ -105,7 +106,9 @@ def load_model(
     model = SSD("train", config)
     init_weights(model, seed=seed)
     if weights is None:
-        warn_untrained("the exported SSD (no --weights given; the export is still valid for testing the pipeline)")
+        warn_untrained(
+            "the exported SSD (no --weights given; the export is still valid for testing the pipeline)"
+        )
     else:
         load_weights(model, weights)
     return model.eval()
@@ -125,7 +128,9 @@ def _postprocess_graph(proto: Any, config: SSDConfig, meta: dict[str, str]) -> A
         graph.node.append(helper.make_node("Identity", ["priors_table"], [PRIORS], name="priors_out"))
         out_priors.name = PRIORS
     if [o.name for o in graph.output] != list(OUTPUT_NAMES):
-        raise ExportError(f"exported outputs are {[o.name for o in graph.output]}, expected {list(OUTPUT_NAMES)}")
+        raise ExportError(
+            f"exported outputs are {[o.name for o in graph.output]}, expected {list(OUTPUT_NAMES)}"
+        )
     for out in graph.output[:2]:
         out.type.tensor_type.shape.dim[0].dim_param = "batch"
     graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
@@ -191,7 +196,9 @@ def export_onnx(
                     verbose=False,
                 )
             except Exception as e:  # noqa: BLE001 - the exporter raises many types
-                raise ExportError(f"{out}: torch.onnx.export failed: {type(e).__name__}: {one_line(e)}") from e
+                raise ExportError(
+                    f"{out}: torch.onnx.export failed: {type(e).__name__}: {one_line(e)}"
+                ) from e
         proto = _postprocess_graph(program.model_proto, config, meta)
         say("checking the graph (onnx.checker)")
         try:
@@ -207,7 +214,9 @@ def export_onnx(
     return report
 
 
-def verify_export(module: Any, onnx_path: str | os.PathLike[str], config: SSDConfig, batch: int = 2) -> dict[str, float]:
+def verify_export(
+    module: Any, onnx_path: str | os.PathLike[str], config: SSDConfig, batch: int = 2
+) -> dict[str, float]:
     """Run the ONNX file and the PyTorch module on the same seeded input; max abs diff per output.
 
     Raises :class:`ExportError` when any output differs by more than ``ATOL + RTOL * max|ref|``.
@@ -230,7 +239,9 @@ def verify_export(module: Any, onnx_path: str | os.PathLike[str], config: SSDCon
         diffs[name] = d
         limit = ATOL + RTOL * float(np.max(np.abs(r)))
         if not d <= limit:
-            raise ExportError(f"{onnx_path}: output {name} differs from PyTorch by {d:.3g} (limit {limit:.3g})")
+            raise ExportError(
+                f"{onnx_path}: output {name} differs from PyTorch by {d:.3g} (limit {limit:.3g})"
+            )
     return diffs
 
 

@@ -6,8 +6,8 @@ import contextlib
 import functools
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 @functools.lru_cache(maxsize=1)

@@ -13,8 +13,16 @@ from .errors import SSDDeployError
 
 #: Photographs (not textures or drawings) among scikit-image's bundled files; camera.png is
 #: grayscale, which exercises that path too.
-PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-          "camera.png", "hubble_deep_field.jpg", "retina.jpg")
+PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "camera.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+)
 #: Further bundled photographs of surfaces, useful only to widen a calibration set.
 TEXTURES = ("brick.png", "grass.png", "gravel.png", "color.png", "ihc.png", "coins.png", "moon.png")
 

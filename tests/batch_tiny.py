@@ -36,7 +36,9 @@ def tiny_onnx(path: Path, seed: int = 0) -> Path:
     ]
     half = s // 2
     nodes = [
-        helper.make_node("AveragePool", ["images"], ["cells"], kernel_shape=[half, half], strides=[half, half]),
+        helper.make_node(
+            "AveragePool", ["images"], ["cells"], kernel_shape=[half, half], strides=[half, half]
+        ),
         helper.make_node("Reshape", ["cells", "flat"], ["f"]),
         helper.make_node("Gemm", ["f", "w_conf", "b_conf"], ["logits_flat"]),
         helper.make_node("Reshape", ["logits_flat", "conf_shape"], ["logits"]),

@@ -66,7 +66,7 @@ def render(scene: Scene, seed: int = 0) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     img = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), np.full_like(xx, 90)], axis=2)
     img = img.astype(np.uint8)
-    for k, o in enumerate(scene.objects):
+    for o in scene.objects:
         x, y, bw, bh = o.box
         colour = [(40 * (VOC_CLASSES.index(o.name) + 1) + 30 * c) % 256 for c in range(3)]
         img[y : y + bh, x : x + bw] = colour

@@ -11,7 +11,7 @@ anything else raises ``NotImplementedError`` rather than guessing.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx

@@ -14,12 +14,32 @@ PKG = Path(__file__).resolve().parents[1] / "ssd_deploy"
 #: (modules the rule applies to, prefixes they must not import, why)
 RULES = [
     (
-        ("ssd_deploy.runtime", "ssd_deploy.postprocess", "ssd_deploy.preprocess", "ssd_deploy.priors",
-         "ssd_deploy.ops", "ssd_deploy.config", "ssd_deploy.contract", "ssd_deploy.errors",
-         "ssd_deploy.layers", "ssd_deploy.fileio", "ssd_deploy.draw"),
-        ("torch", "torchvision", "ssd_deploy.model", "ssd_deploy.export", "ssd_deploy.quantize",
-         "ssd_deploy.tensorrt.builder", "ssd_deploy.cli", "ssd_deploy.triton", "ssd_deploy.serve",
-         "onnx", "modelopt"),
+        (
+            "ssd_deploy.runtime",
+            "ssd_deploy.postprocess",
+            "ssd_deploy.preprocess",
+            "ssd_deploy.priors",
+            "ssd_deploy.ops",
+            "ssd_deploy.config",
+            "ssd_deploy.contract",
+            "ssd_deploy.errors",
+            "ssd_deploy.layers",
+            "ssd_deploy.fileio",
+            "ssd_deploy.draw",
+        ),
+        (
+            "torch",
+            "torchvision",
+            "ssd_deploy.model",
+            "ssd_deploy.export",
+            "ssd_deploy.quantize",
+            "ssd_deploy.tensorrt.builder",
+            "ssd_deploy.cli",
+            "ssd_deploy.triton",
+            "ssd_deploy.serve",
+            "onnx",
+            "modelopt",
+        ),
         "the runtime path runs without torch, onnx or the build side",
     ),
     (
@@ -35,7 +55,9 @@ RULES = [
 ]
 #: Modules exempt from a rule, with the reason.
 EXEMPT = {
-    "ssd_deploy.runtime.pytorch.backend": "the PyTorch reference backend is torch by definition (loaded only for .pth)",
+    "ssd_deploy.runtime.pytorch.backend": (
+        "the PyTorch reference backend is torch by definition (loaded only for .pth)"
+    ),
 }
 
 
@@ -72,7 +94,11 @@ def _imports(path: Path) -> set[str]:
 
 
 def _is_main_guard(node: ast.stmt) -> bool:
-    return isinstance(node, ast.If) and "__main__" in ast.unparse(node.test) and "__name__" in ast.unparse(node.test)
+    return (
+        isinstance(node, ast.If)
+        and "__main__" in ast.unparse(node.test)
+        and "__name__" in ast.unparse(node.test)
+    )
 
 
 def _modules() -> list[tuple[str, Path]]:

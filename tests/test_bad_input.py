@@ -66,16 +66,29 @@ CASES = [
     ("bench", ["--engine", "{onnx}", "--json", "{work}"], 2, "work"),
     ("bench", ["--engine", "{onnx}", "--iterations", "-3"], 2, "--iterations"),
     ("quantize", ["--onnx", "{work}/none.onnx", "--precision", "fp16", "--calib-samples"], 2, "none.onnx"),
-    ("quantize", ["--onnx", "{onnx}", "--precision", "int8", "--calib-samples", "--percentile", "inf"], 2,
-     "--percentile"),
-    ("quantize", ["--onnx", "{onnx}", "--precision", "fp16", "--calib-samples", "--output", "{onnx}"], 2,
-     "overwrite"),
+    (
+        "quantize",
+        ["--onnx", "{onnx}", "--precision", "int8", "--calib-samples", "--percentile", "inf"],
+        2,
+        "--percentile",
+    ),
+    (
+        "quantize",
+        ["--onnx", "{onnx}", "--precision", "fp16", "--calib-samples", "--output", "{onnx}"],
+        2,
+        "overwrite",
+    ),
     ("build", ["--onnx", "{work}/none.onnx"], 2, "none.onnx"),
     ("build", ["--onnx", "{onnx}", "--batch", "8:1:4"], 2, "--batch"),
     ("build", ["--onnx", "{onnx}", "--gpu", "-1"], 2, "--gpu"),
     ("triton", ["--engine", "{work}/none.plan", "--output", "{work}/repo"], 2, "none.plan"),
     ("triton", [], 2, "--engine"),
-    ("triton", ["--engine", "{onnx}", "--output", "{work}/repo", "--max-megapixels", "0"], 2, "--max-megapixels"),
+    (
+        "triton",
+        ["--engine", "{onnx}", "--output", "{work}/repo", "--max-megapixels", "0"],
+        2,
+        "--max-megapixels",
+    ),
     ("serve", ["--engine", "{work}/none.onnx"], 2, "none.onnx"),
     ("serve", ["--engine", "{onnx}", "--port", "-5"], 2, "--port"),
 ]
@@ -126,8 +139,9 @@ def test_quantize_report_failure_leaves_no_model(tiny_onnx, work, capsys):
     out = work / "q.onnx"
     report = work / "r" / "report.json"
     (work / "r").write_text("a file where a folder should be")
-    code, err = _run("quantize", ["--onnx", str(tiny_onnx), "--precision", "fp16", "--calib-samples",
-                                  "--calib-count", "1", "--output", str(out), "--report", str(report)], capsys)  # fmt: skip
+    argv = ["--onnx", str(tiny_onnx), "--precision", "fp16", "--calib-samples",
+            "--calib-count", "1", "--output", str(out), "--report", str(report)]  # fmt: skip
+    code, err = _run("quantize", argv, capsys)
     assert code == 2 and "report.json" in err and len(err.splitlines()) == 1
     assert not out.exists()
 

@@ -75,9 +75,13 @@ def _check_rows(table, expected) -> None:
         assert len(r["scores"]) == len(want)
         # Batched inference may differ from single-image inference in the last float bits, which
         # can swap equal-looking scores: compare per class, best first.
-        got = sorted(zip(r["class_ids"], r["scores"], r["boxes"], r["class_names"]), key=lambda t: (t[0], -t[1]))
-        ref = sorted(zip(want.class_ids.tolist(), want.scores.tolist(), want.boxes.tolist(), want.class_names),
-                     key=lambda t: (t[0], -t[1]))  # fmt: skip
+        got = sorted(
+            zip(r["class_ids"], r["scores"], r["boxes"], r["class_names"]), key=lambda t: (t[0], -t[1])
+        )
+        ref = sorted(
+            zip(want.class_ids.tolist(), want.scores.tolist(), want.boxes.tolist(), want.class_names),
+            key=lambda t: (t[0], -t[1]),
+        )
         for (gc, gs, gb, gn), (wc, ws, wb, wn) in zip(got, ref):
             assert (gc, gn) == (wc, wn)
             assert gs == pytest.approx(ws, abs=1e-5)
@@ -269,7 +273,9 @@ def test_cli_joins_a_running_ray_by_address_and_stops_cleanly_on_sigterm(data, e
     assert "error: terminated" in err
     assert 10 <= read_results(out).num_rows < len(paths)
     assert local_ray.cluster_resources().get("CPU", 0) > 0
-    done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "(2 errors" in done.stdout  # the corrupt pair, img0150/img0151
     _check_rows(read_results(out), {p: expected[p] for p in paths})

@@ -76,8 +76,9 @@ def test_ssd_check_bad_engine(tmp_path, capsys):
 
 def test_ssd_detect_writes_json_and_png(ssd300_onnx, two_images, tmp_path, capsys):
     out = tmp_path / "out"
-    code = detect_cli.main(["--engine", str(ssd300_onnx), str(two_images), "--output", str(out),
-                            "--min-score", "0.5"])
+    code = detect_cli.main(
+        ["--engine", str(ssd300_onnx), str(two_images), "--output", str(out), "--min-score", "0.5"]
+    )
     assert code == 0, capsys.readouterr().err
     names = sorted(p.name for p in out.iterdir())
     assert len(names) == 4 and all(n.endswith((".json", ".png")) for n in names)
@@ -105,7 +106,9 @@ def test_samples_missing_is_a_one_line_error(monkeypatch, capsys, tmp_path, ssd3
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "skimage" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "skimage" else real(name, *a)
+    )
     code = detect_cli.main(["--engine", str(tmp_path / "x.onnx"), "--samples"])
     err = capsys.readouterr().err
     assert code == 2 and "scikit-image" in err and len(err.strip().splitlines()) == 1

@@ -41,18 +41,22 @@ def test_bgr_default_mean():
 
 
 def test_json_round_trip():
-    c = make_config(512, "coco", num_classes=91, channel_order="BGR",
-                    detect=DetectParams(conf_thresh=0.2, keep_top_k=200))
+    c = make_config(
+        512, "coco", num_classes=91, channel_order="BGR", detect=DetectParams(conf_thresh=0.2, keep_top_k=200)
+    )
     d = json.loads(c.to_json())
     assert d["schema"] == 1 and d["prior"]["name"] == "coco512"
     assert SSDConfig.from_json(c.to_json()) == c
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("not json", "not valid JSON"),
-    ("[]", "must be an object"),
-    ('{"size": 300}', "malformed"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("not json", "not valid JSON"),
+        ("[]", "must be an object"),
+        ('{"size": 300}', "malformed"),
+    ],
+)
 def test_bad_json(text, fragment):
     with pytest.raises(ConfigError, match=fragment):
         SSDConfig.from_json(text)
@@ -92,8 +96,9 @@ def test_detect_params_of_old_artifacts_and_torchvision():
         del d["detect"][key]
     old = SSDConfig.from_dict(d).detect
     assert (old.clip_boxes, old.wh_clamp, old.nms_nan_suppresses) == (False, None, True)
-    tv = DetectParams(top_k=400, keep_top_k=200, clip_boxes=True, wh_clamp=math.log(1000 / 16),
-                      nms_nan_suppresses=False)
+    tv = DetectParams(
+        top_k=400, keep_top_k=200, clip_boxes=True, wh_clamp=math.log(1000 / 16), nms_nan_suppresses=False
+    )
     cfg = preset("coco300").replace(detect=tv)
     assert SSDConfig.from_json(cfg.to_json()).detect == tv
     # Per-call overrides keep the format's rules.

@@ -116,7 +116,8 @@ def test_onnx_without_metadata(tmp_path):
     from onnx import TensorProto, helper
 
     g = helper.make_graph(
-        [helper.make_node("Identity", ["images"], ["loc"])], "g",
+        [helper.make_node("Identity", ["images"], ["loc"])],
+        "g",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 300, 300])],
         [helper.make_tensor_value_info("loc", TensorProto.FLOAT, [1, 3, 300, 300])],
     )

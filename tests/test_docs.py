@@ -48,8 +48,9 @@ def _blocks(path: Path) -> list[tuple[str, str, int, str | None]]:
             i += 1
             continue
         lang, start = m.group(2).lower(), i + 1
-        mark = next((MARK.search(lines[j]).group(1) for j in range(max(0, i - 2), i) if MARK.search(lines[j])),
-                    None)  # fmt: skip
+        mark = next(
+            (MARK.search(lines[j]).group(1) for j in range(max(0, i - 2), i) if MARK.search(lines[j])), None
+        )
         j = start
         while j < len(lines) and not lines[j].strip().startswith("```"):
             j += 1

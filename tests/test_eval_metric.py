@@ -176,8 +176,8 @@ def test_perturbed_detections_score_the_same_in_voc_as_the_devkit_loop(tmp_path)
         gts = [
             (i, b, d)
             for i, r in enumerate(ds.images)
-            for b, l, d in zip(r.boxes, r.labels, r.difficult)
-            if l == label
+            for b, lab, d in zip(r.boxes, r.labels, r.difficult)
+            if lab == label
         ]
         npos = sum(not d for _, _, d in gts)
         if npos == 0:
@@ -189,7 +189,7 @@ def test_perturbed_detections_score_the_same_in_voc_as_the_devkit_loop(tmp_path)
         for k in sel:
             bb = dets.boxes[k] + 1
             best, jbest = -np.inf, None
-            for j, (i, g, d) in enumerate(gts):
+            for j, (i, g, _d) in enumerate(gts):
                 if i != dets.image_index[k]:
                     continue
                 iw = min(bb[2], g[2]) - max(bb[0], g[0]) + 1

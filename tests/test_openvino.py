@@ -137,7 +137,9 @@ def test_precision_needs_openvino(ssd300_onnx):
 
 def test_missing_openvino_is_a_one_line_error(ssd300_onnx, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
-    with pytest.raises(BackendError, match=r"openvino is not installed.*ssd_deploy\[openvino\].*device='cpu'"):
+    with pytest.raises(
+        BackendError, match=r"openvino is not installed.*ssd_deploy\[openvino\].*device='cpu'"
+    ):
         Detector.load(ssd300_onnx, device="openvino")
 
 
@@ -156,7 +158,9 @@ def test_device_auto_selection(monkeypatch, ssd300_onnx, cache):
     assert choose(None, "bf16") == "openvino"  # only OpenVINO has BF16
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a)
+    )
     assert choose(None) == "onnxruntime"
     monkeypatch.setattr(importlib.util, "find_spec", real)
     monkeypatch.setenv(ov_backend.CACHE_ENV, str(cache))
@@ -183,7 +187,9 @@ def test_cli_detect_and_check_with_openvino(ssd300_onnx, sample_paths, tmp_path,
     code = check.main(["--engine", str(ssd300_onnx), "--images", str(img), "--device", "openvino"])
     assert code == 0, capsys.readouterr()
     monkeypatch.setattr(ov_backend, "cpu_capabilities", lambda core: ["FP32"])
-    code = detect_cli.main(["--engine", str(ssd300_onnx), str(img), "--device", "openvino", "--precision", "bf16"])
+    code = detect_cli.main(
+        ["--engine", str(ssd300_onnx), str(img), "--device", "openvino", "--precision", "bf16"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "no BF16 support" in err
 
@@ -191,8 +197,10 @@ def test_cli_detect_and_check_with_openvino(ssd300_onnx, sample_paths, tmp_path,
 def test_bench_options_carry_device_and_precision():
     from ssd_deploy.benchmark.runner import backend_options
 
-    assert backend_options("m.onnx", device="openvino", precision="bf16") == {"device": "openvino",
-                                                                              "precision": "bf16"}
+    assert backend_options("m.onnx", device="openvino", precision="bf16") == {
+        "device": "openvino",
+        "precision": "bf16",
+    }
     assert backend_options("m.xml", device="cpu", precision="bf16") == {"precision": "bf16"}
 
 
@@ -228,7 +236,9 @@ det.detect(np.zeros((64, 48, 3), np.uint8))
 bad = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
 print("TORCH_MODULES", bad, det.backend.name)
 """
-    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     assert "TORCH_MODULES [] openvino" in out.stdout, out.stdout
 

@@ -21,7 +21,8 @@ from ssd_deploy.postprocess import Detections, detect, detect_array
 from ssd_deploy.priors import prior_boxes
 
 torch = pytest.importorskip("torch")
-from ssd_deploy.model.detect import decode_reference, detect_reference
+# ssd_deploy.model imports torch: only after importorskip, so the module skips without it.
+from ssd_deploy.model.detect import decode_reference, detect_reference  # noqa: E402
 
 VAR = (0.1, 0.2)
 
@@ -146,8 +147,12 @@ CASES = [
     (512, "flat", 1, DetectParams()),
     (512, "mixed", 2, DetectParams(conf_thresh=0.2, nms_thresh=0.5, top_k=100)),
     # torchvision's post-process; the clamp is set low so that the grid's offsets hit it.
-    (300, "mixed", 2, DetectParams(top_k=400, keep_top_k=200, clip_boxes=True, wh_clamp=0.25,
-                                   nms_nan_suppresses=False)),
+    (
+        300,
+        "mixed",
+        2,
+        DetectParams(top_k=400, keep_top_k=200, clip_boxes=True, wh_clamp=0.25, nms_nan_suppresses=False),
+    ),
     (300, "peaky", 2, DetectParams(clip_boxes=True)),
 ]
 
@@ -225,10 +230,13 @@ def test_ties_at_the_top_k_cut(priors300: np.ndarray) -> None:
     k, tie = 200, np.float32(0.3)
     loc = np.zeros((1, priors300.shape[0], 4), np.float32)
     conf = np.zeros((1, priors300.shape[0], 3), np.float32)
+
     # First layer: 38x38 cells x 4 anchors, anchor 0 a 0.1-wide square. Tied boxes on cells
     # (4i, 4j) are disjoint; the 150 higher ones sit on the anchors 0 and 1 of cells (4i+2, 4j+2),
     # which overlap each other (IoU 0.5) but a tied box only a little (IoU < 0.2).
-    cell = lambda i, j: (i * 38 + j) * 4
+    def cell(i: int, j: int) -> int:
+        return (i * 38 + j) * 4
+
     tied = [cell(4 * i, 4 * j) for i in range(10) for j in range(10)]
     high = [cell(4 * i + 2, 4 * j + 2) + a for i in range(9) for j in range(9) for a in (0, 1)][:150]
     conf[0, tied, 1] = tie
@@ -388,9 +396,15 @@ def test_torchvision_options_change_the_result(priors300: np.ndarray, wh_grid: n
     loc, conf = make_heads(rng, priors300, wh_grid, 5, 1, "peaky")
     plain = detect(loc, conf, priors300, VAR, DetectParams())[0]
     clipped = detect(loc, conf, priors300, VAR, DetectParams(clip_boxes=True))[0]
-    assert (plain.boxes.min() < 0 or plain.boxes.max() > 1) and clipped.boxes.min() >= 0 and clipped.boxes.max() <= 1
+    assert (
+        (plain.boxes.min() < 0 or plain.boxes.max() > 1)
+        and clipped.boxes.min() >= 0
+        and clipped.boxes.max() <= 1
+    )
     clamped = detect(loc, conf, priors300, VAR, DetectParams(wh_clamp=0.05))[0]
     ours = detect_array(loc, conf, priors300, VAR, DetectParams(wh_clamp=0.05))
-    np.testing.assert_array_equal(ours[0, :, :, 0] > 0, reference(loc, conf, priors300, DetectParams(wh_clamp=0.05))[0, :, :, 0] > 0)
+    np.testing.assert_array_equal(
+        ours[0, :, :, 0] > 0, reference(loc, conf, priors300, DetectParams(wh_clamp=0.05))[0, :, :, 0] > 0
+    )
     widths = clamped.boxes[:, 2] - clamped.boxes[:, 0]
     assert widths.max() <= float(priors300[:, 2].max() * np.exp(0.05)) * (1 + 1e-6)

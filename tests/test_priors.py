@@ -35,8 +35,12 @@ def test_voc300_last_rows_clipped():
     b = prior_boxes(VOC300)
     s, smax = 264 / 300, 315 / 300
     r = math.sqrt(2)
-    want = [[0.5, 0.5, s, s], [0.5, 0.5, math.sqrt(s * smax), math.sqrt(s * smax)],
-            [0.5, 0.5, s * r, min(s / r, 1)], [0.5, 0.5, s / r, min(s * r, 1.0)]]
+    want = [
+        [0.5, 0.5, s, s],
+        [0.5, 0.5, math.sqrt(s * smax), math.sqrt(s * smax)],
+        [0.5, 0.5, s * r, min(s / r, 1)],
+        [0.5, 0.5, s / r, min(s * r, 1.0)],
+    ]
     want[2][2] = min(want[2][2], 1.0)
     np.testing.assert_allclose(b[-4:], want, rtol=1e-6)
 

@@ -316,7 +316,8 @@ def test_a_broken_engine_fails_to_start_with_its_own_error(server, tmp_path):
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"not an onnx file" * 10)
     opts = ServeOptions(str(bad), port=server.options.port, app_name="broken", route_prefix="/broken",
-                        log_to_driver=False, startup_timeout_s=120, backend_options={"device": "cpu"})  # fmt: skip
+                        log_to_driver=False, startup_timeout_s=120,
+                        backend_options={"device": "cpu"})  # fmt: skip
     with pytest.raises(ServeError, match=r"broken.onnx: ONNX Runtime cannot load it") as e:
         start(opts)
     assert "\n" not in str(e.value)

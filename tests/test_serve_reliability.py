@@ -159,7 +159,10 @@ def image_and_answer(sample_paths, ssd300_onnx):
 def _assert_same(got: dict, want: dict) -> None:
     assert (got["width"], got["height"]) == (want["width"], want["height"])
     assert len(got["detections"]) == len(want["detections"]) > 0
-    key = lambda d: (d["class_id"], -d["score"])  # equal scores: compare as sets
+
+    def key(d: dict) -> tuple:  # equal scores: compare as sets
+        return (d["class_id"], -d["score"])
+
     for a, b in zip(sorted(got["detections"], key=key), sorted(want["detections"], key=key)):
         assert a["class_id"] == b["class_id"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
         np.testing.assert_allclose(a["box"], b["box"], atol=0.05)
@@ -215,8 +218,8 @@ def test_an_unexpected_error_is_one_json_line():
 
 
 def test_sigterm_during_start_up_is_exit_130_and_leaves_nothing(ssd300_onnx):
-    cmd = [sys.executable, "-m", "ssd_deploy.cli.serve", "--engine", str(ssd300_onnx), "--port", str(_free_port()),
-           "--quiet"]  # fmt: skip
+    cmd = [sys.executable, "-m", "ssd_deploy.cli.serve", "--engine", str(ssd300_onnx),
+           "--port", str(_free_port()), "--quiet"]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

@@ -28,9 +28,11 @@ needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "tests" / "data" / "torchvision_ssd300_reference.npz"
 SCRIPT = ROOT / "tests" / "reference" / "torchvision_reference.py"
-TVREF_PYTHON = Path(
-    os.environ.get("SSD_DEPLOY_TVREF", Path.home() / ".cache" / "ssd_deploy" / "tvref")
-) / "bin" / "python"
+TVREF_PYTHON = (
+    Path(os.environ.get("SSD_DEPLOY_TVREF", Path.home() / ".cache" / "ssd_deploy" / "tvref"))
+    / "bin"
+    / "python"
+)
 
 #: Bounds on every image, 300 x 300 and larger non-square ones alike (torchvision resizes those
 #: with bilinear interpolation, align_corners=False, no antialias: the same taps and weights as our
@@ -41,7 +43,9 @@ BOX_TOL_PX = 0.05
 
 
 def _load_generator():
-    spec = importlib.util.spec_from_file_location("tv_weights", ROOT / "tests" / "reference" / "tv_weights.py")
+    spec = importlib.util.spec_from_file_location(
+        "tv_weights", ROOT / "tests" / "reference" / "tv_weights.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -116,8 +120,13 @@ def _torchvision_detect():
     from ssd_deploy.config import DetectParams
 
     # The values config_for_checkpoint records (ssd_deploy.model.checkpoint imports torch).
-    return DetectParams(top_k=400, keep_top_k=200, clip_boxes=True, wh_clamp=float(np.log(1000 / 16)),
-                        nms_nan_suppresses=False)
+    return DetectParams(
+        top_k=400,
+        keep_top_k=200,
+        clip_boxes=True,
+        wh_clamp=float(np.log(1000 / 16)),
+        nms_nan_suppresses=False,
+    )
 
 
 def test_numpy_postprocess_equals_torchvision(reference):

@@ -118,7 +118,7 @@ def test_infer_layout(source_sd):
     assert infer_layout(source_sd) == (300, 21)
     sd512 = _quiet(build_ssd, "train", 512, 81, dataset="coco").state_dict()
     assert infer_layout(sd512) == (512, 81)
-    base = {k[len("vgg."):]: v for k, v in source_sd.items() if k.startswith("vgg.")}
+    base = {k[len("vgg.") :]: v for k, v in source_sd.items() if k.startswith("vgg.")}
     with pytest.raises(WeightsError, match="base-only"):
         infer_layout(base)
 
@@ -173,7 +173,7 @@ def test_non_strict_partial_load(target, source_sd):
 
 # -- vgg16_reducedfc base --------------------------------------------------------------------------
 def test_vgg_base_file(tmp_path, target, source_sd):
-    base = {k[len("vgg."):]: v for k, v in source_sd.items() if k.startswith("vgg.")}
+    base = {k[len("vgg.") :]: v for k, v in source_sd.items() if k.startswith("vgg.")}
     assert set(base) == {f"{i}.{p}" for i in VGG_CONVS for p in ("weight", "bias")}
     path = tmp_path / "vgg16_reducedfc.pth"
     torch.save(base, path)
@@ -192,7 +192,9 @@ def test_vgg_base_file(tmp_path, target, source_sd):
 
 # -- torchvision ------------------------------------------------------------------------------------
 def _torchvision_pairs() -> list[tuple[str, str, tuple[int, ...]]]:
-    """(torchvision name, ssd.pytorch name, shape) for ssd300_vgg16, 91 classes, from docs/ssd.md ("Checkpoints")."""
+    """(torchvision name, ssd.pytorch name, shape) for ssd300_vgg16, 91 classes, from docs/ssd.md
+    ("Checkpoints").
+    """
     feats = {0: (64, 3), 2: (64, 64), 5: (128, 64), 7: (128, 128), 10: (256, 128), 12: (256, 256),
              14: (256, 256), 17: (512, 256), 19: (512, 512), 21: (512, 512)}  # fmt: skip
     convs = [(f"backbone.features.{i}", f"vgg.{i}", (o, c, 3, 3)) for i, (o, c) in feats.items()]
@@ -253,14 +255,22 @@ def test_torchvision_mapping_moves_every_tensor(torchvision_file):
 def test_torchvision_config(torchvision_file):
     path, _, _ = torchvision_file
     _, cfg = model_from_checkpoint(path, phase="test")
-    assert cfg.num_classes == 91 and cfg.prior == dataclasses.replace(COCO300, clip="wh") and cfg.channel_order == "RGB"
+    assert (
+        cfg.num_classes == 91
+        and cfg.prior == dataclasses.replace(COCO300, clip="wh")
+        and cfg.channel_order == "RGB"
+    )
     # torchvision's mean (0.48235, 0.45882, 0.40784) x 255, not ssd.pytorch's rounded one.
     assert cfg.mean == (122.99925, 116.9991, 103.9992)
     names = cfg.class_names
     assert len(names) == 91 and names[0] == "background"
     # COCO category ids: 1 person, 12 unused, 13 stop sign, 44 bottle, 90 toothbrush
     assert (names[1], names[12], names[13], names[44], names[90]) == (
-        "person", "N/A", "stop sign", "bottle", "toothbrush"
+        "person",
+        "N/A",
+        "stop sign",
+        "bottle",
+        "toothbrush",
     )
     assert names.count("N/A") == 10
     assert (cfg.detect.top_k, cfg.detect.keep_top_k) == (400, 200)

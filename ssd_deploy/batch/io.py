@@ -49,7 +49,9 @@ def _read_list(list_file: Path) -> list[str]:
     try:
         text = list_file.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise InputError(f"{list_file}: not a text file list of image paths (and not an image suffix)") from None
+        raise InputError(
+            f"{list_file}: not a text file list of image paths (and not an image suffix)"
+        ) from None
     out = []
     for line in text.splitlines():
         line = line.strip()
@@ -70,7 +72,10 @@ def list_inputs(spec: str | os.PathLike[str]) -> list[str]:
     text = os.fspath(spec)
     path = Path(os.path.expanduser(text))
     if path.is_dir():
-        found, what = _walk(str(path)), f"{text}: no images in this folder (looked for {', '.join(IMAGE_SUFFIXES)})"
+        found, what = (
+            _walk(str(path)),
+            f"{text}: no images in this folder (looked for {', '.join(IMAGE_SUFFIXES)})",
+        )
     elif path.is_file():
         found = [str(path)] if _is_image(str(path)) else _read_list(path)
         what = f"{text}: the list names no image"

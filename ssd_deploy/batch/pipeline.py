@@ -135,7 +135,9 @@ def detect_dataset(
     image_bytes = 3 * config.size * config.size * 4
     rows_per_block = max(1, min(1024, READ_BLOCK_BYTES // image_bytes))
     # Enough blocks that every actor gets work from the start, small enough to stream in a small store.
-    blocks = max(1, math.ceil(len(paths) / rows_per_block), min(math.ceil(len(paths) / batch_size), 4 * actors))
+    blocks = max(
+        1, math.ceil(len(paths) / rows_per_block), min(math.ceil(len(paths) / batch_size), 4 * actors)
+    )
     ds = rd.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
     # Each read task reserves the memory it uses (a worker plus its block). That is also what keeps reading
     # in tasks of its own: Ray Data fuses a stage into the next one when both ask for the same
@@ -196,7 +198,7 @@ def _local_tables(detector: Any, overrides: dict[str, Any], min_score: float, pa
             errors.append(error)
         return chunk, images, sizes, errors
 
-    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssd-read") as pool:
         pending = pool.submit(read, chunks[0]) if chunks else None
         for k in range(len(chunks)):
@@ -311,8 +313,11 @@ def run(opts: RunOptions, progress: Progress | None = None) -> RunSummary:
     tables: Any = None
     try:
         if todo:
-            tables = (_ray_tables(opts, engine, todo, config) if opts.use_ray
-                      else _local_tables(detector, opts.overrides, opts.min_score, todo, opts.batch_size))
+            tables = (
+                _ray_tables(opts, engine, todo, config)
+                if opts.use_ray
+                else _local_tables(detector, opts.overrides, opts.min_score, todo, opts.batch_size)
+            )
             for table in tables:
                 if not first_rows:
                     first_s, first_rows = time.perf_counter() - t0, table.num_rows

@@ -75,7 +75,10 @@ def detect_rows(
 
 
 def make_table(
-    paths: Sequence[str], sizes: Sequence[tuple[int, int] | None], dets: Sequence[Any], errors: Sequence[str | None]
+    paths: Sequence[str],
+    sizes: Sequence[tuple[int, int] | None],
+    dets: Sequence[Any],
+    errors: Sequence[str | None],
 ) -> Any:
     """Rows from per-image :class:`ImageDetections` (None for an error row), built column-wise."""
     pa = _pa()

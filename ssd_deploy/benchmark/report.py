@@ -306,8 +306,8 @@ def _warnings(
             )
         if r["calls"] < 20:
             out.append(
-                f"{r['engine']} batch {r['batch']}: only {r['calls']} timed calls; p95/p99 are close to or equal "
-                "to the max (trtexec's percentile definition)"
+                f"{r['engine']} batch {r['batch']}: only {r['calls']} timed calls; p95/p99 are close to or "
+                "equal to the max (trtexec's percentile definition)"
             )
     return out
 
@@ -332,8 +332,9 @@ def csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         vs = r["vs_baseline"] or {}
         sp = vs.get("speedup") or {}
         row = {
-            "engine": r["engine"], "backend": info["backend"], "precision": info["precision"], "path": info["path"],
-            "batch": r["batch"], "threads": r["threads"], "rounds": r["rounds"], "calls": r["calls"],
+            "engine": r["engine"], "backend": info["backend"], "precision": info["precision"],
+            "path": info["path"], "batch": r["batch"], "threads": r["threads"], "rounds": r["rounds"],
+            "calls": r["calls"],
             "images": r["images"], "wall_s": r["wall_s"], "throughput_ips": r["throughput_ips"],
             **{f"lat_{k}_ms": lat[k] for k in ("min", "mean", "median", "p90", "p95", "p99", "max")},
             "lat_cv_pct": lat["cv_pct"],
@@ -425,8 +426,8 @@ def write_plot(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     ax_tp.grid(alpha=0.3)
     ax_tp.legend(fontsize=8)
     m = report["header"]["machine"]
-    fig.suptitle(f"ssd-bench on {m['cpu']} ({m['usable_cpus']} CPUs), {report['header']['threads']['clients']} "
-                 "client thread(s)", fontsize=10)  # fmt: skip
+    fig.suptitle(f"ssd-bench on {m['cpu']} ({m['usable_cpus']} CPUs), "
+                 f"{report['header']['threads']['clients']} client thread(s)", fontsize=10)  # fmt: skip
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -457,8 +458,8 @@ def render(report: dict[str, Any], console: Any) -> None:
     m = h["machine"]
     cores = f"{m['physical_cores']} cores / " if m.get("physical_cores") else ""
     quota = f", cgroup quota {m['cgroup_cpus']} CPUs" if m.get("cgroup_cpus") else ""
-    console.print(f"[bold]ssd-bench[/bold]  {esc(str(m['cpu']))}  {cores}{m['usable_cpus']} usable CPUs{quota}, "
-                  f"{m['memory_gib']} GiB, {m['os']}")  # fmt: skip
+    console.print(f"[bold]ssd-bench[/bold]  {esc(str(m['cpu']))}  {cores}{m['usable_cpus']} usable "
+                  f"CPUs{quota}, {m['memory_gib']} GiB, {m['os']}")  # fmt: skip
     if m.get("gpus"):
         console.print(f"GPU: {esc('; '.join(m['gpus']))}")
     console.print(esc("versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items())))
@@ -507,10 +508,13 @@ def render(report: dict[str, Any], console: Any) -> None:
         sp = vs["speedup"] if vs else None
         speed = "-" if sp is None else esc(f"{sp['median']:.2f}x [{sp['low']:.2f}, {sp['high']:.2f}]")
         cv = f"[yellow]{q['cv_pct']:.1f}[/yellow]" if r["unstable"] else f"{q['cv_pct']:.1f}"
-        tp.add_row(esc(r["engine"]), str(r["batch"]), _f(r["throughput_ips"], 2), fmt_ms(1e3 / r["throughput_ips"]),
-                   _f(r["gflops"]), cv, speed)  # fmt: skip
-        lat.add_row(esc(r["engine"]), str(r["batch"]),
-                    *(fmt_ms(q[k]) for k in ("min", "mean", "median", "p90", "p95", "p99", "max")))  # fmt: skip
+        tp.add_row(esc(r["engine"]), str(r["batch"]), _f(r["throughput_ips"], 2),
+                   fmt_ms(1e3 / r["throughput_ips"]), _f(r["gflops"]), cv, speed)  # fmt: skip
+        lat.add_row(
+            esc(r["engine"]),
+            str(r["batch"]),
+            *(fmt_ms(q[k]) for k in ("min", "mean", "median", "p90", "p95", "p99", "max")),
+        )
     console.print(tp)
     console.print("speedup: median over interleaved rounds of baseline time / engine time", style="dim")
     console.print(lat)
@@ -547,7 +551,8 @@ def markdown(report: dict[str, Any], title: str = "ssd-bench results") -> str:
         "| machine | |",
         "|---|---|",
         f"| CPU | {m['cpu']} |",
-        f"| cores | {m['physical_cores'] or '?'} physical, {m['logical_cpus']} logical, {m['usable_cpus']} usable"
+        f"| cores | {m['physical_cores'] or '?'} physical, {m['logical_cpus']} logical, "
+        f"{m['usable_cpus']} usable"
         + (f", cgroup quota {m['cgroup_cpus']}" if m.get("cgroup_cpus") else "") + " |",
         f"| memory | {m['memory_gib']} GiB |",
         f"| OS / Python | {m['os']} / {m['python']} |",
@@ -555,9 +560,11 @@ def markdown(report: dict[str, Any], title: str = "ssd-bench results") -> str:
         f"| load average (1/5/15 min) | before {h['load_average_before']}, after {h['load_average_after']} |",
         f"| versions | {', '.join(f'{k} {v}' for k, v in h['versions'].items())} |",
         f"| threads | {h['threads']['clients']} client, intra-op {h['threads']['intra_op']} |",
-        f"| schedule | {s['warmup_rounds']} warm-up rounds, {amount}, {s['block']} call(s) per slot, {s['order']} |",
+        f"| schedule | {s['warmup_rounds']} warm-up rounds, {amount}, {s['block']} call(s) per slot, "
+        f"{s['order']} |",
         f"| inputs | {h['inputs'].get('count', '?')} photos from {h['inputs'].get('source', '?')}"
-        + (", decoded before timing" if h["inputs"].get("decoded_before_timing") else ", decoded inside preprocess")
+        + (", decoded before timing" if h["inputs"].get("decoded_before_timing")
+           else ", decoded inside preprocess")
         + " |",
         "",
         "## Engines",
@@ -574,7 +581,8 @@ def markdown(report: dict[str, Any], title: str = "ssd-bench results") -> str:
         "",
         f"## End-to-end latency per call (ms) and throughput; baseline `{report['baseline']}`",
         "",
-        "| engine | batch | img/s | min | mean | median | p90 | p95 | p99 | max | CV % | GFLOP/s | speedup [95% CI] |",
+        "| engine | batch | img/s | min | mean | median | p90 | p95 | p99 | max | CV % "
+        "| GFLOP/s | speedup [95% CI] |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["results"]:

@@ -261,8 +261,10 @@ def run_benchmark(
     try:
         for batch in settings.batches:
             inputs = cycle_batch(images, batch)
-            meas = {lab: Measurement(lab, batch, settings.threads, settings.block, warmup_rounds=settings.warmup)
-                    for lab in labels}  # fmt: skip
+            meas = {
+                lab: Measurement(lab, batch, settings.threads, settings.block, warmup_rounds=settings.warmup)
+                for lab in labels
+            }
             for phase, rnd, lab in _rounds(labels, settings, meas):
                 det = by_label[lab].detector
 
@@ -380,5 +382,3 @@ def open_subject(
 def _naming(path: Path, message: str) -> str:
     """``message`` prefixed with the file unless it already names it."""
     return message if str(path) in message or path.name in message else f"{path}: {message}"
-
-

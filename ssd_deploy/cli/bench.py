@@ -67,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch sizes, e.g. 1,8,32 (default 1)",
     )
     p.add_argument(
-        "--warmup", type=common.non_negative_int, default=2, metavar="N", help="unmeasured rounds per batch size (default 2)"
+        "--warmup",
+        type=common.non_negative_int,
+        default=2,
+        metavar="N",
+        help="unmeasured rounds per batch size (default 2)",
     )
     amount = p.add_mutually_exclusive_group()
     amount.add_argument(
@@ -163,8 +167,10 @@ def load_inputs(folder: str | None, as_files: bool) -> tuple[list[Any], dict[str
         paths = list_images(folder) if folder else sample_images()
     except (FileNotFoundError, SamplesUnavailable) as e:
         raise BenchError(str(e)) from None
-    desc: dict[str, Any] = {"source": folder or "scikit-image sample photos", "count": len(paths),
-                            "files": [p.name for p in paths], "decoded_before_timing": not as_files}  # fmt: skip
+    desc: dict[str, Any] = {
+        "source": folder or "scikit-image sample photos", "count": len(paths),
+        "files": [p.name for p in paths], "decoded_before_timing": not as_files,
+    }  # fmt: skip
     if as_files:
         return [str(p) for p in paths], desc
     from PIL import Image, ImageOps, UnidentifiedImageError

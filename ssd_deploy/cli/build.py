@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="timing cache to reuse and update (default <output folder>/timing.cache)",
     )
     p.add_argument("--no-timing-cache", action="store_true", help="build without a timing cache file")
-    p.add_argument("--workspace", type=common.positive_int, metavar="MIB", help="workspace memory pool limit in MiB")
+    p.add_argument(
+        "--workspace", type=common.positive_int, metavar="MIB", help="workspace memory pool limit in MiB"
+    )
     p.add_argument(
         "--opt-level",
         type=int,
@@ -78,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep an end-to-end ONNX's detections/num_detections (Detect in the engine; "
         "docs/end_to_end.md); not verified on a GPU yet",
     )
-    p.add_argument("--gpu", type=common.non_negative_int, default=0, help="CUDA device index of the GPU to build for")
+    p.add_argument(
+        "--gpu", type=common.non_negative_int, default=0, help="CUDA device index of the GPU to build for"
+    )
     p.add_argument(
         "--progress",
         choices=("auto", "bar", "lines", "none"),

@@ -15,8 +15,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, InputError, SSDDeployError, one_line
 
@@ -93,7 +94,9 @@ def _number(text: str, kind: type) -> Any:
     try:
         value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a{'n integer' if kind is int else ' number'}"
+        ) from None
     if kind is float and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return value
@@ -170,17 +173,26 @@ def add_engine(p: argparse.ArgumentParser, *, multiple: bool = False, required: 
     """``--engine ARTIFACT`` (repeatable with ``multiple``): .onnx, .plan, .xml or a PyTorch checkpoint."""
     helptext = "artifact: .onnx, .plan/.engine (TensorRT), .xml (OpenVINO IR) or .pth checkpoint"
     if multiple:
-        p.add_argument("--engine", action="append", required=required, metavar="ARTIFACT",
-                       help=helptext + " (repeat to compare several)")
+        p.add_argument(
+            "--engine",
+            action="append",
+            required=required,
+            metavar="ARTIFACT",
+            help=helptext + " (repeat to compare several)",
+        )
     else:
         p.add_argument("--engine", required=required, metavar="ARTIFACT", help=helptext)
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
     """``--device``: which backend runs an ``.onnx`` artifact (other file types have one)."""
-    p.add_argument("--device", choices=DEVICES, default="auto",
-                   help="backend for .onnx files: auto = TensorRT/CUDA when present, else OpenVINO when "
-                        "installed, else ONNX Runtime CPU (default: auto)")
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="backend for .onnx files: auto = TensorRT/CUDA when present, else OpenVINO when "
+        "installed, else ONNX Runtime CPU (default: auto)",
+    )
 
 
 def add_detect_overrides(p: argparse.ArgumentParser) -> None:
@@ -189,9 +201,13 @@ def add_detect_overrides(p: argparse.ArgumentParser) -> None:
     g.add_argument("--conf-thresh", type=unit_interval, default=None, help="keep scores above this")
     g.add_argument("--nms-thresh", type=unit_interval, default=None, help="NMS IoU threshold")
     g.add_argument("--top-k", type=positive_int, default=None, help="NMS candidates per class")
-    g.add_argument("--keep-top-k", type=_keep_top_k, default="model",
-                   help="cap on detections per image: a number, 'none' for no cap, or 'model' "
-                        "for the artifact's own setting (default: model)")
+    g.add_argument(
+        "--keep-top-k",
+        type=_keep_top_k,
+        default="model",
+        help="cap on detections per image: a number, 'none' for no cap, or 'model' "
+        "for the artifact's own setting (default: model)",
+    )
 
 
 def _keep_top_k(text: str) -> int | None | str:
@@ -202,7 +218,11 @@ def _keep_top_k(text: str) -> int | None | str:
 
 def detect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for ``Detector.detect`` from :func:`add_detect_overrides`'s flags."""
-    out: dict[str, Any] = {"conf_thresh": args.conf_thresh, "nms_thresh": args.nms_thresh, "top_k": args.top_k}
+    out: dict[str, Any] = {
+        "conf_thresh": args.conf_thresh,
+        "nms_thresh": args.nms_thresh,
+        "top_k": args.top_k,
+    }
     if args.keep_top_k != "model":
         out["keep_top_k"] = None if args.keep_top_k == "none" else args.keep_top_k
     return out
@@ -210,9 +230,13 @@ def detect_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_precision(p: argparse.ArgumentParser) -> None:
     """``--precision``: run an FP32 graph at reduced precision where the backend offers it (opt-in)."""
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto/fp32 = what the artifact says (FP32 graphs run in FP32); bf16 = OpenVINO's "
-                        "BF16 inference on CPUs that have it")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto/fp32 = what the artifact says (FP32 graphs run in FP32); bf16 = OpenVINO's "
+        "BF16 inference on CPUs that have it",
+    )
 
 
 def backend_options(args: argparse.Namespace, engine: str | os.PathLike[str]) -> dict[str, Any]:
@@ -229,7 +253,9 @@ def backend_options(args: argparse.Namespace, engine: str | os.PathLike[str]) ->
     precision = getattr(args, "precision", "auto")
     if precision not in (None, "auto"):
         if kind not in ("onnx", "openvino"):
-            raise InputError(f"--precision {precision} applies to .onnx/.xml engines (OpenVINO), not {engine}")
+            raise InputError(
+                f"--precision {precision} applies to .onnx/.xml engines (OpenVINO), not {engine}"
+            )
         opts["precision"] = precision
     return opts
 

@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import InputError
 from ..fileio import atomic_output, atomic_write
@@ -15,16 +15,30 @@ from . import common
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = common.parser("ssd-detect", "Run an SSD artifact on images; write <image>.json and an annotated <image>.png.")
-    p.epilog = ("Many images to Parquet or JSON lines, optionally on Ray: ssd-detect --engine A --input DIR "
-                "--output OUT.parquet [--ray] (see ssd-detect --input X --help, docs/batch.md)")
+    p = common.parser(
+        "ssd-detect", "Run an SSD artifact on images; write <image>.json and an annotated <image>.png."
+    )
+    p.epilog = (
+        "Many images to Parquet or JSON lines, optionally on Ray: ssd-detect --engine A --input DIR "
+        "--output OUT.parquet [--ray] (see ssd-detect --input X --help, docs/batch.md)"
+    )
     common.add_engine(p)
     p.add_argument("images", nargs="*", help="image files or folders")
-    p.add_argument("--samples", action="store_true", help="also run on the bundled sample photos (scikit-image)")
-    p.add_argument("--output", "-o", default=None,
-                   help="folder for <image>.json and <image>.png (default: print JSON to stdout)")
-    p.add_argument("--min-score", type=common.unit_interval, default=0.3,
-                   help="report and draw detections scoring at least this")
+    p.add_argument(
+        "--samples", action="store_true", help="also run on the bundled sample photos (scikit-image)"
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        default=None,
+        help="folder for <image>.json and <image>.png (default: print JSON to stdout)",
+    )
+    p.add_argument(
+        "--min-score",
+        type=common.unit_interval,
+        default=0.3,
+        help="report and draw detections scoring at least this",
+    )
     common.add_device(p)
     common.add_precision(p)
     common.add_detect_overrides(p)
@@ -52,7 +66,9 @@ def collect_images(items: Sequence[str], samples: bool) -> list[Path]:
 
 
 def output_stems(files: Sequence[Path]) -> list[str]:
-    """One output name per input; inputs that share a stem get ``_2``, ``_3``... so none overwrites another."""
+    """One output name per input; inputs that share a stem get ``_2``, ``_3``... so none overwrites
+    another.
+    """
     seen: dict[str, int] = {}
     stems = []
     for f in files:

@@ -22,33 +22,70 @@ def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
     """The dataset-mode flags (``--engine``, ``--output``, ``--min-score``, the Detect overrides and
     ``--device`` are added by the caller's parser or by :func:`build_parser`)."""
     g = p.add_argument_group("dataset mode")
-    g.add_argument("--input", required=True, metavar="DIR|GLOB|LIST",
-                   help="a folder (searched recursively), a quoted glob such as 'photos/**/*.jpg', one "
-                        "image, or a text file listing image paths one per line")
-    g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                   help="run on Ray Data: alone, a private local Ray on 127.0.0.1; with an ADDRESS "
-                        "(auto, HOST:6379, ray://HOST:10001), that cluster (default: in this process)")
-    g.add_argument("--actors", type=common.positive_int, default=1,
-                   help="inference actors, each holding one model (one GPU each for .plan) (default: 1)")
+    g.add_argument(
+        "--input",
+        required=True,
+        metavar="DIR|GLOB|LIST",
+        help="a folder (searched recursively), a quoted glob such as 'photos/**/*.jpg', one "
+        "image, or a text file listing image paths one per line",
+    )
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray Data: alone, a private local Ray on 127.0.0.1; with an ADDRESS "
+        "(auto, HOST:6379, ray://HOST:10001), that cluster (default: in this process)",
+    )
+    g.add_argument(
+        "--actors",
+        type=common.positive_int,
+        default=1,
+        help="inference actors, each holding one model (one GPU each for .plan) (default: 1)",
+    )
     g.add_argument("--batch", type=common.positive_int, default=16, help="images per inference call")
-    g.add_argument("--resume", action="store_true",
-                   help="OUTPUT exists from an earlier run: skip the images already in it, add the rest")
-    g.add_argument("--rows-per-part", type=common.positive_int, default=1000,
-                   help="result rows per part file; an interrupted run keeps every whole part")
-    g.add_argument("--gpus-per-actor", type=common.finite_float, default=None,
-                   help="GPUs each actor reserves (default: 1 for TensorRT plans, else 0)")
-    g.add_argument("--object-store-mb", type=common.positive_int, default=512,
-                   help="object store of a locally started Ray, MB (ignored with a cluster ADDRESS)")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="OUTPUT exists from an earlier run: skip the images already in it, add the rest",
+    )
+    g.add_argument(
+        "--rows-per-part",
+        type=common.positive_int,
+        default=1000,
+        help="result rows per part file; an interrupted run keeps every whole part",
+    )
+    g.add_argument(
+        "--gpus-per-actor",
+        type=common.finite_float,
+        default=None,
+        help="GPUs each actor reserves (default: 1 for TensorRT plans, else 0)",
+    )
+    g.add_argument(
+        "--object-store-mb",
+        type=common.positive_int,
+        default=512,
+        help="object store of a locally started Ray, MB (ignored with a cluster ADDRESS)",
+    )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = common.parser("ssd-detect", "Detect objects in many images; one row per image in Parquet or JSON lines.")
+    p = common.parser(
+        "ssd-detect", "Detect objects in many images; one row per image in Parquet or JSON lines."
+    )
     common.add_engine(p)
-    p.add_argument("--output", "-o", required=True, metavar="OUT.parquet|OUT.jsonl",
-                   help="results folder to create (or to add to with --resume); its folder must exist")
-    p.add_argument("--min-score", type=common.unit_interval, default=0.3,
-                   help="keep detections scoring at least this")
+    p.add_argument(
+        "--output",
+        "-o",
+        required=True,
+        metavar="OUT.parquet|OUT.jsonl",
+        help="results folder to create (or to add to with --resume); its folder must exist",
+    )
+    p.add_argument(
+        "--min-score", type=common.unit_interval, default=0.3, help="keep detections scoring at least this"
+    )
     common.add_detect_overrides(p)
     common.add_device(p)
     add_dataset_arguments(p)
@@ -60,7 +97,9 @@ def _options(args: argparse.Namespace) -> Any:
     from ..contract import artifact_kind
 
     device = getattr(args, "device", None)
-    backend = {"device": device} if device and device != "auto" and artifact_kind(args.engine) == "onnx" else {}
+    backend = (
+        {"device": device} if device and device != "auto" and artifact_kind(args.engine) == "onnx" else {}
+    )
     return RunOptions(
         engine=args.engine, inputs=args.input, output=args.output,
         use_ray=args.ray is not None, ray_address=None if args.ray in (None, "local") else args.ray,

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..quantize.calibration import RECOMMENDED_IMAGES
 from ..quantize.fp16 import DEFAULT_MARGIN
@@ -26,11 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = common.parser(
         "ssd-quantize",
         "Make an FP16 or INT8 (Q/DQ) ONNX for strongly typed TensorRT from an ssd_deploy "
-        "FP32 export, "
-        "calibrated on real images preprocessed exactly as at inference.",
+        "FP32 export, calibrated on real images preprocessed exactly as at inference.",
     )
-    p.add_argument("--onnx", required=True, type=common.existing_file,
-                   help="the FP32 export (python -m ssd_deploy.export)")
+    p.add_argument(
+        "--onnx",
+        required=True,
+        type=common.existing_file,
+        help="the FP32 export (python -m ssd_deploy.export)",
+    )
     p.add_argument("--precision", required=True, choices=("fp16", "int8"))
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
@@ -105,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cache.add_argument("--no-cache", action="store_true", help="neither read nor write a calibration cache")
     p.add_argument(
-        "--end-to-end", action="store_true",
+        "--end-to-end",
+        action="store_true",
         help="append decode + Detect in FP32 to the output: detections/num_detections (docs/end_to_end.md)",
     )
     p.add_argument("--report", default=None, help="write the per-node / per-tensor report as JSON here")
@@ -207,8 +212,9 @@ def execute(args: argparse.Namespace) -> int:
         raise InputError(f"--percentile {args.percentile}: expected a value in (0, 100]")
     if args.fp16_margin < 1.0:
         raise InputError(f"--fp16-margin {args.fp16_margin}: expected a value >= 1")
-    out = common.output_file(args.output or default_output(args.onnx, args.precision, args.target),
-                             suffixes=(".onnx",))
+    out = common.output_file(
+        args.output or default_output(args.onnx, args.precision, args.target), suffixes=(".onnx",)
+    )
     if args.report:
         common.output_file(args.report)
     if out.resolve() == args.onnx.resolve():

@@ -7,7 +7,7 @@ import json
 import signal
 import sys
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 from . import common
 
@@ -19,7 +19,12 @@ def build_parser() -> argparse.ArgumentParser:
         "get JSON detections. GET /healthz and /readyz for probes.",
     )
     common.add_engine(p)
-    p.add_argument("--replicas", type=common.positive_int, default=1, help="replicas, each with its own Detector (default 1)")
+    p.add_argument(
+        "--replicas",
+        type=common.positive_int,
+        default=1,
+        help="replicas, each with its own Detector (default 1)",
+    )
     p.add_argument(
         "--max-batch",
         type=common.positive_int,
@@ -36,18 +41,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )
     p.add_argument("--port", type=common.non_negative_int, default=8000, help="HTTP port (default 8000)")
-    p.add_argument("--cpus-per-replica", type=common.finite_float, default=1.0, help="Ray CPUs per replica (default 1)")
+    p.add_argument(
+        "--cpus-per-replica", type=common.finite_float, default=1.0, help="Ray CPUs per replica (default 1)"
+    )
     p.add_argument(
         "--gpus-per-replica",
         type=common.finite_float,
         default=None,
         help="Ray GPUs per replica (default: 1 for .plan, 0 for .onnx)",
     )
-    p.add_argument("--intra-op-threads", type=common.positive_int, default=None,
-                   help="threads inside one inference, per replica (default: the backend's)")
+    p.add_argument(
+        "--intra-op-threads",
+        type=common.positive_int,
+        default=None,
+        help="threads inside one inference, per replica (default: the backend's)",
+    )
     common.add_device(p)
     common.add_precision(p)
-    p.add_argument("--max-body-mb", type=common.finite_float, default=16.0, help="largest upload accepted (default 16 MB)")
+    p.add_argument(
+        "--max-body-mb",
+        type=common.finite_float,
+        default=16.0,
+        help="largest upload accepted (default 16 MB)",
+    )
     p.add_argument(
         "--max-megapixels",
         type=common.finite_float,
@@ -74,25 +90,52 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="connections one replica takes from Serve: uploads being read, probes, detection (default 128)",
     )
-    p.add_argument("--body-timeout", type=common.finite_float, default=20.0,
-                   help="seconds an upload may take to arrive before 408 (default 20)")
-    p.add_argument("--header-timeout", type=common.finite_float, default=10.0,
-                   help="seconds a connection may take to send its request headers (default 10; "
-                   "local Ray only)")
-    p.add_argument("--max-top-k", type=common.positive_int, default=1000, help="largest top_k a request may ask for (default 1000)")
-    p.add_argument("--max-detections", type=common.positive_int, default=1000,
-                   help="largest keep_top_k a request may ask for; answers are capped at it (default 1000)")
-    p.add_argument("--metrics-port", type=common.non_negative_int, default=None,
-                   help="serve Prometheus metrics on this port (replicas: port, port+1, ...; default off)")
-    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics port (default 127.0.0.1)")
-    p.add_argument("--ray-dashboard", action="store_true",
-                   help="start Ray's dashboard (on 127.0.0.1) with the local Ray (default off)")
+    p.add_argument(
+        "--body-timeout",
+        type=common.finite_float,
+        default=20.0,
+        help="seconds an upload may take to arrive before 408 (default 20)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=common.finite_float,
+        default=10.0,
+        help="seconds a connection may take to send its request headers (default 10; local Ray only)",
+    )
+    p.add_argument(
+        "--max-top-k",
+        type=common.positive_int,
+        default=1000,
+        help="largest top_k a request may ask for (default 1000)",
+    )
+    p.add_argument(
+        "--max-detections",
+        type=common.positive_int,
+        default=1000,
+        help="largest keep_top_k a request may ask for; answers are capped at it (default 1000)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=common.non_negative_int,
+        default=None,
+        help="serve Prometheus metrics on this port (replicas: port, port+1, ...; default off)",
+    )
+    p.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address of the metrics port (default 127.0.0.1)"
+    )
+    p.add_argument(
+        "--ray-dashboard",
+        action="store_true",
+        help="start Ray's dashboard (on 127.0.0.1) with the local Ray (default off)",
+    )
     p.add_argument(
         "--ray-address",
         default=None,
         help="join this Ray cluster ('auto', 'ray://head:10001') instead of starting a local Ray",
     )
-    p.add_argument("--startup-timeout", type=common.finite_float, default=300.0, help="seconds to wait for readiness")
+    p.add_argument(
+        "--startup-timeout", type=common.finite_float, default=300.0, help="seconds to wait for readiness"
+    )
     p.add_argument("--quiet", action="store_true", help="do not forward replica logs to this terminal")
     return p
 
@@ -130,7 +173,9 @@ def execute(args: argparse.Namespace) -> int:
 
         preflight(None if args.precision == "auto" else args.precision)  # before Ray starts
     if backend_options and options.is_plan:
-        raise ServeError("--intra-op-threads and --device are options for .onnx files; a .plan runs on TensorRT")
+        raise ServeError(
+            "--intra-op-threads and --device are options for .onnx files; a .plan runs on TensorRT"
+        )
     if options.host not in LOOPBACK_HOSTS:
         print(f"ssd-serve: warning: listening on {options.host}: other machines can reach this service, "
               "which has no authentication", file=sys.stderr)  # fmt: skip

@@ -4,8 +4,8 @@ engine (the generator is :mod:`ssd_deploy.triton`)."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import InputError
 from ..triton.check import check_repository
@@ -33,9 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="max_batch_size (default: the plan profile's largest batch; 8 for .onnx)",
     )
-    p.add_argument("--instances", type=common.positive_int, default=1, help="engine instances per GPU (default 1)")
     p.add_argument(
-        "--gpus", type=common.int_list(0, "0,1"), default=None, help="GPUs for the engine, e.g. 0,1 (default: all)"
+        "--instances", type=common.positive_int, default=1, help="engine instances per GPU (default 1)"
+    )
+    p.add_argument(
+        "--gpus",
+        type=common.int_list(0, "0,1"),
+        default=None,
+        help="GPUs for the engine, e.g. 0,1 (default: all)",
     )
     p.add_argument(
         "--kind",
@@ -44,18 +49,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the engine runs (plans: gpu; .onnx default: Triton decides)",
     )
     p.add_argument(
-        "--python-instances", type=common.positive_int, default=2, help="instances of each Python model (default 2)"
+        "--python-instances",
+        type=common.positive_int,
+        default=2,
+        help="instances of each Python model (default 2)",
     )
-    p.add_argument("--queue-delay-us", type=common.non_negative_int, default=500, help="dynamic batcher delay (default 500 us)")
     p.add_argument(
-        "--max-megapixels", type=common.finite_float, default=40.0, help="largest image the preprocess model decodes"
+        "--queue-delay-us",
+        type=common.non_negative_int,
+        default=500,
+        help="dynamic batcher delay (default 500 us)",
+    )
+    p.add_argument(
+        "--max-megapixels",
+        type=common.finite_float,
+        default=40.0,
+        help="largest image the preprocess model decodes",
     )
     common.add_detect_overrides(p)
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    p.add_argument("--backend", choices=ONNX_BACKENDS, default="onnxruntime",
-                   help=".onnx engines: Triton's ONNX Runtime platform or its OpenVINO backend (CPU)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="--backend openvino: bf16 sets the backend's HINT_BF16 (auto, fp32: no hint)")
+    p.add_argument(
+        "--backend",
+        choices=ONNX_BACKENDS,
+        default="onnxruntime",
+        help=".onnx engines: Triton's ONNX Runtime platform or its OpenVINO backend (CPU)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="--backend openvino: bf16 sets the backend's HINT_BF16 (auto, fp32: no hint)",
+    )
     return p
 
 

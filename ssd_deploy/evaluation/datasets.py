@@ -97,8 +97,10 @@ class EvalDataset:
     def describe(self) -> str:
         what = f"{self.source}" + (f" ({self.split})" if self.split else "")
         n_obj = sum(len(r.labels) for r in self.images)
-        return (f"{self.kind.upper()} {what}: {len(self.images)} images, {n_obj} objects, "
-                f"{len(self.categories)} classes")
+        return (
+            f"{self.kind.upper()} {what}: {len(self.images)} images, {n_obj} objects, "
+            f"{len(self.categories)} classes"
+        )
 
 
 # -- parsing the --dataset spec -----------------------------------------------------------------------

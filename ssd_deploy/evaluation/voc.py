@@ -56,7 +56,9 @@ class MetricResult:
         return METRIC_TITLES[self.metric]
 
     def to_dict(self) -> dict[str, Any]:
-        nan_to_none = lambda v: None if math.isnan(v) else v
+        def nan_to_none(v: float) -> float | None:
+            return None if math.isnan(v) else v
+
         return {
             "metric": self.metric,
             "convention": self.convention,

@@ -203,8 +203,12 @@ def config_for_checkpoint(
 def describe_detect(params: DetectParams) -> str:
     """One line: the Detect settings an artifact carries and whose semantics they are."""
     cap = "no per-image cap" if params.keep_top_k is None else f"{params.keep_top_k} per image"
-    parts = [f"score > {params.conf_thresh:g}", f"{params.top_k} candidates per class",
-             f"NMS IoU > {params.nms_thresh:g}", cap]
+    parts = [
+        f"score > {params.conf_thresh:g}",
+        f"{params.top_k} candidates per class",
+        f"NMS IoU > {params.nms_thresh:g}",
+        cap,
+    ]
     if params.clip_boxes:
         parts.append("boxes clipped to the image")
     if params.wh_clamp is not None:

@@ -115,7 +115,9 @@ def detect_reference(
             if scores.numel() == 0:
                 continue
             cls_boxes = boxes[above]
-            kept = nms_reference(cls_boxes, scores, params.nms_thresh, params.top_k, params.nms_nan_suppresses)
+            kept = nms_reference(
+                cls_boxes, scores, params.nms_thresh, params.top_k, params.nms_nan_suppresses
+            )
             output[i, cl, : kept.numel(), 0] = scores[kept]
             output[i, cl, : kept.numel(), 1:] = cls_boxes[kept]
         if params.keep_top_k is not None:

@@ -41,7 +41,6 @@ CONV4_3_RELU = 22
 VGG_LEN = 35
 
 
-
 class UntrainedWeightsWarning(UserWarning):
     """A model is used without trained weights; its detections carry no information."""
 
@@ -280,6 +279,4 @@ def init_weights(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def count_parameters(model: nn.Module, names: Sequence[str] | None = None) -> int:
     """Number of parameters (all, or those whose name starts with one of ``names``)."""
-    return sum(
-        p.numel() for n, p in model.named_parameters() if names is None or n.startswith(tuple(names))
-    )
+    return sum(p.numel() for n, p in model.named_parameters() if names is None or n.startswith(tuple(names)))

@@ -52,9 +52,7 @@ _COCO_UNUSED_IDS = (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)
 
 def _coco_category_names() -> tuple[str, ...]:
     names = iter(COCO_CLASSES)
-    return ("background",) + tuple(
-        "N/A" if cid in _COCO_UNUSED_IDS else next(names) for cid in range(1, 91)
-    )
+    return ("background",) + tuple("N/A" if cid in _COCO_UNUSED_IDS else next(names) for cid in range(1, 91))
 
 
 #: Class names by torchvision label index (91 entries, background first, "N/A" for unused ids).
@@ -352,7 +350,11 @@ def _apply(model: SSD, raw: Mapping[str, Tensor], name: str, strict: bool) -> Lo
         parts = []
         if report.missing:
             # A torchvision file's missing tensors under the names that file uses.
-            shown = [_torchvision_name(k) for k in report.missing] if fmt == FORMAT_TORCHVISION else report.missing
+            shown = (
+                [_torchvision_name(k) for k in report.missing]
+                if fmt == FORMAT_TORCHVISION
+                else report.missing
+            )
             parts.append(f"{len(report.missing)} missing ({_summarise(shown)})")
         if report.unexpected:
             parts.append(f"{len(report.unexpected)} unexpected ({_summarise(report.unexpected)})")
@@ -375,9 +377,7 @@ def _apply(model: SSD, raw: Mapping[str, Tensor], name: str, strict: bool) -> Lo
     return report
 
 
-def load_weights(
-    model: SSD, source: str | Path | Mapping[str, Tensor], *, strict: bool = True
-) -> LoadReport:
+def load_weights(model: SSD, source: str | Path | Mapping[str, Tensor], *, strict: bool = True) -> LoadReport:
     """Load an ssd.pytorch, ``vgg16_reducedfc`` or torchvision ``ssd300_vgg16`` checkpoint into ``model``.
 
     ``source`` is a path or an already-loaded state dict. Shape mismatches always raise; with

@@ -1,4 +1,6 @@
-"""``python -m ssd_deploy.quantize``: the same command as ``ssd-quantize`` (:mod:`ssd_deploy.cli.quantize`)."""
+"""``python -m ssd_deploy.quantize``: the same command as ``ssd-quantize``
+(:mod:`ssd_deploy.cli.quantize`).
+"""
 
 import sys
 

@@ -16,8 +16,8 @@ Inputs and outputs stay FP32 (``keep_io_types``): Casts are inserted at every FP
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -95,6 +95,7 @@ CONVERTIBLE_OPS = FP16_OPS | frozenset(
         "Tanh",
     }
 )
+
 
 @dataclass
 class Fp16Plan:

@@ -12,9 +12,9 @@ import heapq
 import os
 import re
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import onnx
 from onnx import NodeProto, TensorProto, numpy_helper
@@ -257,7 +257,7 @@ class GraphIndex:
 # -- SSD hazards ----------------------------------------------------------------------------------
 
 
-def name_allocator(idx: "GraphIndex") -> "Callable[[str], str]":
+def name_allocator(idx: GraphIndex) -> Callable[[str], str]:
     """A function returning tensor names unused in ``idx``'s graph (``base``, ``base_1``, ...)."""
     taken = set(idx.producer) | set(idx.initializers) | set(idx.graph_inputs)
 

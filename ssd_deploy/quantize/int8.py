@@ -17,8 +17,9 @@ engines from it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -201,7 +202,9 @@ def build_int8(
         zn = add_init(f"{base}__zero_point", np.zeros(scale.shape, dtype=q.dtype))
         out = fresh(f"{base}__dq")
         new_nodes.append(
-            helper.make_node("DequantizeLinear", [qn, sn, zn], [out], name=fresh(f"dequantize/{base}"), axis=0)
+            helper.make_node(
+                "DequantizeLinear", [qn, sn, zn], [out], name=fresh(f"dequantize/{base}"), axis=0
+            )
         )
         return out
 

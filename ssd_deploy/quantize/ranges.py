@@ -15,8 +15,9 @@ from __future__ import annotations
 import base64
 import math
 import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -111,7 +112,7 @@ class TensorStats:
         }
 
     @classmethod
-    def from_dict(cls, name: str, d: Mapping[str, Any]) -> "TensorStats":
+    def from_dict(cls, name: str, d: Mapping[str, Any]) -> TensorStats:
         hist = np.frombuffer(zlib.decompress(base64.b64decode(d["hist"])), dtype="<i8").astype(np.int64)
         if hist.shape != (BINS,):
             raise ValueError(f"histogram of {name} has {hist.size} bins, expected {BINS}")

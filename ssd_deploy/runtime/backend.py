@@ -63,10 +63,10 @@ class Backend(abc.ABC):
         """Facts for benchmark headers and reports."""
         return {"backend": self.name, "path": self.path, "precision": self.precision}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: a no-op unless the backend holds resources
         """Release resources (idempotent)."""
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -6,9 +6,10 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence, Union, overload
+from typing import TYPE_CHECKING, Any, Union, overload
 
 import numpy as np
 
@@ -31,7 +32,6 @@ SingleImage = Union[str, os.PathLike, bytes, np.ndarray, "PIL.Image.Image"]  # n
 ImageInput = SingleImage  # the older name
 
 _UNSET: Any = object()
-
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,13 @@ class ImageDetections:
             ],
         }  # fmt: skip
 
-    def above(self, score: float) -> "ImageDetections":
+    def above(self, score: float) -> ImageDetections:
         """Only the detections with a score of at least ``score``."""
         keep = self.scores >= score
         names = tuple(np.asarray(self.class_names, dtype=object)[keep].tolist())
-        return ImageDetections(self.boxes[keep], self.scores[keep], self.class_ids[keep], names, self.image_size)
+        return ImageDetections(
+            self.boxes[keep], self.scores[keep], self.class_ids[keep], names, self.image_size
+        )
 
 
 def backend_for(path: str | os.PathLike[str], **options: Any) -> Backend:
@@ -99,11 +101,13 @@ def backend_for(path: str | os.PathLike[str], **options: Any) -> Backend:
         from .pytorch import TorchBackend
 
         return TorchBackend(p, **options)
-    raise BackendError(f"{p}: unknown artifact type {p.suffix or '(no suffix)'!r}; expected {describe_suffixes()}")
+    raise BackendError(
+        f"{p}: unknown artifact type {p.suffix or '(no suffix)'!r}; expected {describe_suffixes()}"
+    )
 
 
 def choose_onnx_backend(device: Any = None, precision: str | None = None) -> str:
-    """"openvino" or "onnxruntime" for an ``.onnx`` file on ``device``.
+    """ "openvino" or "onnxruntime" for an ``.onnx`` file on ``device``.
 
     "auto"/``None``: ONNX Runtime where it has CUDA (it then runs on the GPU), else OpenVINO when
     it is installed (the fastest CPU engine, docs/openvino.md), else ONNX Runtime on the CPU. A
@@ -138,8 +142,10 @@ def describe_onnx_choice(device: Any = None, precision: str | None = None) -> st
             core = ov.Core()
             bf16 = "BF16" in cpu_capabilities(core)
             cpu = core.get_property("CPU", "FULL_DEVICE_NAME")
-            return (f"OpenVINO {ov.__version__.split('-')[0]} on the CPU ({cpu}): the fastest CPU engine; "
-                    f"FP32 exact by default, " + ("--precision bf16 available" if bf16 else "no BF16 on this CPU"))
+            return (
+                f"OpenVINO {ov.__version__.split('-')[0]} on the CPU ({cpu}): the fastest CPU engine; "
+                f"FP32 exact by default, " + ("--precision bf16 available" if bf16 else "no BF16 on this CPU")
+            )
         except BackendError as e:
             return f"OpenVINO (requested, but: {e})"
     try:
@@ -150,7 +156,9 @@ def describe_onnx_choice(device: Any = None, precision: str | None = None) -> st
         return "ONNX Runtime (not installed: pip install onnxruntime)"
     if device in (None, "auto") and "CUDAExecutionProvider" in providers:
         return "ONNX Runtime with CUDA (GPU); build a TensorRT .plan with ssd-build for the fastest GPU path"
-    hint = "" if device not in (None, "auto") else "; pip install 'ssd_deploy[openvino]' for the faster OpenVINO"
+    hint = (
+        "" if device not in (None, "auto") else "; pip install 'ssd_deploy[openvino]' for the faster OpenVINO"
+    )
     return f"ONNX Runtime {onnxruntime.__version__} ({device or 'cpu'}){hint}"
 
 
@@ -176,7 +184,9 @@ class Detector:
         self._warned_fallback = False
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, params: DetectParams | None = None, **backend_options: Any) -> "Detector":
+    def load(
+        cls, path: str | os.PathLike[str], *, params: DetectParams | None = None, **backend_options: Any
+    ) -> Detector:
         """Open an ``.onnx``, ``.plan`` or PyTorch checkpoint; the config comes from the file."""
         return cls(backend_for(path, **backend_options), params=params)
 
@@ -196,14 +206,24 @@ class Detector:
     # -- running --------------------------------------------------------------------------------
     @overload
     def detect(
-        self, images: SingleImage, *, conf_thresh: float | None = None, nms_thresh: float | None = None,
-        top_k: int | None = None, keep_top_k: int | None = ...,
+        self,
+        images: SingleImage,
+        *,
+        conf_thresh: float | None = None,
+        nms_thresh: float | None = None,
+        top_k: int | None = None,
+        keep_top_k: int | None = ...,
     ) -> ImageDetections: ...
 
     @overload
     def detect(
-        self, images: Sequence[SingleImage], *, conf_thresh: float | None = None,
-        nms_thresh: float | None = None, top_k: int | None = None, keep_top_k: int | None = ...,
+        self,
+        images: Sequence[SingleImage],
+        *,
+        conf_thresh: float | None = None,
+        nms_thresh: float | None = None,
+        top_k: int | None = None,
+        keep_top_k: int | None = ...,
     ) -> list[ImageDetections]: ...
 
     def detect(
@@ -243,8 +263,10 @@ class Detector:
 
     @staticmethod
     def _thresholds(kwargs: dict[str, Any]) -> list[Any]:
-        args = [kwargs.pop(k, d) for k, d in
-                (("conf_thresh", None), ("nms_thresh", None), ("top_k", None), ("keep_top_k", _UNSET))]
+        args = [
+            kwargs.pop(k, d)
+            for k, d in (("conf_thresh", None), ("nms_thresh", None), ("top_k", None), ("keep_top_k", _UNSET))
+        ]
         if kwargs:
             raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
         return args
@@ -274,13 +296,19 @@ class Detector:
         return self.params.replace(**changes)
 
     def postprocess(
-        self, loc: np.ndarray, conf: np.ndarray, sizes: Sequence[tuple[int, int]], params: DetectParams | None = None
+        self,
+        loc: np.ndarray,
+        conf: np.ndarray,
+        sizes: Sequence[tuple[int, int]],
+        params: DetectParams | None = None,
     ) -> list[ImageDetections]:
         """Decode + Detect raw heads, boxes scaled to each ``(width, height)`` in ``sizes``."""
         params = params or self.params
         return self._to_pixels(_detect_normalised(loc, conf, self.priors, self.variances, params), sizes)
 
-    def _to_pixels(self, dets: Sequence[Detections], sizes: Sequence[tuple[int, int]]) -> list[ImageDetections]:
+    def _to_pixels(
+        self, dets: Sequence[Detections], sizes: Sequence[tuple[int, int]]
+    ) -> list[ImageDetections]:
         out = []
         for d, (w, h) in zip(dets, sizes):
             px = d.scaled(w, h)
@@ -371,7 +399,7 @@ class Detector:
         n = batch.shape[0]
         chunk = max(hi if hi is not None else n, 1)
         for start in range(0, n, chunk):
-            part = batch[start:start + chunk]
+            part = batch[start : start + chunk]
             m = part.shape[0]
             if m < lo:
                 part = np.concatenate([part, np.zeros((lo - m,) + part.shape[1:], np.float32)])
@@ -398,8 +426,9 @@ class Detector:
         p, c = self.config.num_priors, self.config.num_classes
         if loc.shape[1:] != (p, 4) or conf.shape[1:] != (p, c):
             raise BackendError(
-                f"{self.backend.path}: the network outputs loc {list(loc.shape)} and conf {list(conf.shape)}, "
-                f"but its config says {p} priors and {c} classes: the metadata does not belong to this graph"
+                f"{self.backend.path}: the network outputs loc {list(loc.shape)} and conf "
+                f"{list(conf.shape)}, but its config says {p} priors and {c} classes: the metadata does not "
+                "belong to this graph"
             )
         if not (np.isfinite(conf).all() and np.isfinite(loc).all()):
             raise BackendError(f"{self.backend.path}: the network output has non-finite values (NaN or inf)")
@@ -407,13 +436,14 @@ class Detector:
     def close(self) -> None:
         self.backend.close()
 
-    def __enter__(self) -> "Detector":
+    def __enter__(self) -> Detector:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"Detector({self.config.name}, backend={self.backend.name}, precision={self.backend.precision}, "
-                f"path={self.backend.path!r})")
-
+        return (
+            f"Detector({self.config.name}, backend={self.backend.name}, precision={self.backend.precision}, "
+            f"path={self.backend.path!r})"
+        )

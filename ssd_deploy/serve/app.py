@@ -149,7 +149,9 @@ class ServeOptions:
         if self.max_ongoing_requests is not None and self.max_ongoing_requests < 1:
             raise ServeError(f"max_ongoing_requests must be >= 1, got {self.max_ongoing_requests}")
         if self.max_queued_requests == 0 or self.max_queued_requests < -1:
-            raise ServeError(f"max_queued_requests must be >= 1 or -1 (no limit), got {self.max_queued_requests}")
+            raise ServeError(
+                f"max_queued_requests must be >= 1 or -1 (no limit), got {self.max_queued_requests}"
+            )
         for name in ("body_timeout_s", "header_timeout_s"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and 0 < value <= 3600):
@@ -311,8 +313,11 @@ class SSDDetector:
                 self.pending += 1
                 self.metrics.pending(self.pending)
                 prepared = await asyncio.to_thread(
-                    self.service.prepare, request.headers.get("content-type"), body, dict(request.query_params)
-                )  # fmt: skip
+                    self.service.prepare,
+                    request.headers.get("content-type"),
+                    body,
+                    dict(request.query_params),
+                )
             except RequestError as e:
                 self.metrics.rejected(_REJECT_REASONS.get(e.status, "bad_request"))
                 headers = {"Connection": "close"} if e.status in (408, 413) else None
@@ -485,8 +490,10 @@ def _start_ray(options: ServeOptions) -> bool:
     if options.header_timeout_s is not None:
         env[proxy_hooks.ENV_CALLBACK] = proxy_hooks.CALLBACK_PATH
         env[proxy_hooks.ENV_TIMEOUT] = repr(float(options.header_timeout_s))
-    return start_ray(options.ray_address, num_cpus=cpus, extra="serve", include_dashboard=options.include_dashboard,
-                     log_to_driver=options.log_to_driver, env=env)  # fmt: skip
+    return start_ray(
+        options.ray_address, num_cpus=cpus, extra="serve", include_dashboard=options.include_dashboard,
+        log_to_driver=options.log_to_driver, env=env,
+    )  # fmt: skip
 
 
 def _check_resources(options: ServeOptions) -> None:

@@ -18,10 +18,11 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..config import PRECISION_KEY, RECIPE_KEY, ConfigError, SSDConfig
 from ..contract import DETECTIONS, INPUT, NUM_DETECTIONS, sha256_file
@@ -117,9 +118,7 @@ def read_onnx_info(path: str | os.PathLike[str]) -> OnnxInfo:
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as e:
-        raise BuildError(
-            f"{p}: not a readable ONNX model ({type(e).__name__}: {one_line(e)})"
-        ) from None
+        raise BuildError(f"{p}: not a readable ONNX model ({type(e).__name__}: {one_line(e)})") from None
     meta = {prop.key: prop.value for prop in model.metadata_props}
     try:
         config = SSDConfig.from_metadata(meta, str(p))
@@ -225,7 +224,7 @@ class RichReporter:
         self._depth: dict[str, int] = {}
         self._max_depth = max_depth
 
-    def __enter__(self) -> "RichReporter":
+    def __enter__(self) -> RichReporter:
         self._progress.start()
         return self
 
@@ -380,9 +379,7 @@ def _attach_timing_cache(builder_config: Any, path: Path | None, log: Callable[[
         try:
             timing_cache = builder_config.create_timing_cache(data)
         except Exception as e:  # TensorRT raises on a corrupt cache
-            log(
-                f"timing cache {path} is not a TensorRT timing cache ({one_line(e)}); starting a new one"
-            )
+            log(f"timing cache {path} is not a TensorRT timing cache ({one_line(e)}); starting a new one")
             timing_cache = None
         if timing_cache is not None:
             if builder_config.set_timing_cache(timing_cache, False):

@@ -10,9 +10,10 @@ import time.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ class DeviceInfo:
 class HostBuffer:
     """Page-locked (pinned) host memory: async copies from it overlap with compute."""
 
-    def __init__(self, cuda: "Cuda", nbytes: int) -> None:
+    def __init__(self, cuda: Cuda, nbytes: int) -> None:
         self._cuda = cuda
         self.nbytes = int(nbytes)
         self.ptr: int = int(cuda.call("cudaMallocHost", cuda.rt.cudaMallocHost(self.nbytes)))
@@ -94,7 +95,7 @@ class HostBuffer:
 class DeviceBuffer:
     """Device memory from ``cudaMalloc``."""
 
-    def __init__(self, cuda: "Cuda", nbytes: int) -> None:
+    def __init__(self, cuda: Cuda, nbytes: int) -> None:
         self._cuda = cuda
         self.nbytes = int(nbytes)
         self.ptr: int = int(cuda.call("cudaMalloc", cuda.rt.cudaMalloc(max(self.nbytes, 1))))
@@ -108,14 +109,14 @@ class DeviceBuffer:
 class Event:
     """A timing event."""
 
-    def __init__(self, cuda: "Cuda") -> None:
+    def __init__(self, cuda: Cuda) -> None:
         self._cuda = cuda
         self.handle: Any = cuda.call("cudaEventCreate", cuda.rt.cudaEventCreate())
 
-    def record(self, stream: "Stream") -> None:
+    def record(self, stream: Stream) -> None:
         self._cuda.call("cudaEventRecord", self._cuda.rt.cudaEventRecord(self.handle, stream.handle))
 
-    def seconds_since(self, start: "Event") -> float:
+    def seconds_since(self, start: Event) -> float:
         """Seconds between ``start`` and this event (both recorded and completed)."""
         ms = self._cuda.call(
             "cudaEventElapsedTime", self._cuda.rt.cudaEventElapsedTime(start.handle, self.handle)
@@ -131,12 +132,12 @@ class Event:
 class Graph:
     """An instantiated CUDA graph captured from one stream."""
 
-    def __init__(self, cuda: "Cuda", graph: Any, graph_exec: Any) -> None:
+    def __init__(self, cuda: Cuda, graph: Any, graph_exec: Any) -> None:
         self._cuda = cuda
         self._graph = graph
         self._exec = graph_exec
 
-    def launch(self, stream: "Stream") -> None:
+    def launch(self, stream: Stream) -> None:
         self._cuda.call("cudaGraphLaunch", self._cuda.rt.cudaGraphLaunch(self._exec, stream.handle))
 
     def destroy(self) -> None:
@@ -152,7 +153,7 @@ class Graph:
 class Stream:
     """A non-blocking stream (never the legacy default stream, which serialises everything)."""
 
-    def __init__(self, cuda: "Cuda") -> None:
+    def __init__(self, cuda: Cuda) -> None:
         self._cuda = cuda
         rt = cuda.rt
         self.handle: Any = cuda.call(

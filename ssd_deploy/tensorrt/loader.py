@@ -22,7 +22,6 @@ class TensorRTUnavailable(BackendError):
     """TensorRT, the CUDA bindings or a GPU is missing; the message is one line."""
 
 
-
 def load_tensorrt() -> ModuleType:
     """The TensorRT Python module: ``tensorrt`` (full install) or ``tensorrt_bindings`` (bindings only).
 

@@ -69,7 +69,7 @@ class PlanManifest:
         return json.dumps(d, indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> "PlanManifest":
+    def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> PlanManifest:
         if not isinstance(d, dict):
             raise ManifestError(f"{source}: manifest must be a JSON object")
         schema = d.get("schema")

@@ -4,8 +4,9 @@ optionally echoes messages to a callable."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 
 def make_logger(trt: ModuleType, echo: Callable[[str], None] | None = None, verbose: bool = False) -> Any:

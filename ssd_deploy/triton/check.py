@@ -1,10 +1,13 @@
-"""Checking a written repository: every config parses with Triton's schema, the ensemble wires up tensor by tensor."""
+"""Checking a written repository: every config parses with Triton's schema, the ensemble wires up
+tensor by tensor.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .layout import MODEL_FILES, TritonError
 from .pbtxt import load_model_config_schema, parse_config

@@ -1,4 +1,6 @@
-"""What the generator needs to know about an engine: batch range, tensors, SSD config (plan manifest or ONNX file)."""
+"""What the generator needs to know about an engine: batch range, tensors, SSD config (plan manifest
+or ONNX file).
+"""
 
 from __future__ import annotations
 

@@ -11,8 +11,12 @@ CONFIG_FILE = "ssd_config.json"
 IMAGE_INPUT = "IMAGE"
 OUTPUTS = (("boxes", "TYPE_FP32", [-1, 4]), ("scores", "TYPE_FP32", [-1]),
            ("class_ids", "TYPE_INT32", [-1]), ("num_detections", "TYPE_INT32", [1]))  # fmt: skip
-MODEL_FILES = {"tensorrt_plan": "model.plan", "onnxruntime_onnx": "model.onnx", "python": "model.py",
-               "openvino": "model.onnx"}
+MODEL_FILES = {
+    "tensorrt_plan": "model.plan",
+    "onnxruntime_onnx": "model.onnx",
+    "python": "model.py",
+    "openvino": "model.onnx",
+}
 #: Engines an .onnx file can run on in Triton: its ONNX Runtime platform or its OpenVINO backend.
 ONNX_BACKENDS = ("onnxruntime", "openvino")
 

@@ -29,8 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="where to write the .npz of torchvision's outputs")
     p.add_argument("--save-pth", default=None, help="also save the state dict here (torch.save)")
-    p.add_argument("--images", default=None,
-                   help="comma-separated indices of the images to run (default: all); the rest are skipped")
+    p.add_argument(
+        "--images",
+        default=None,
+        help="comma-separated indices of the images to run (default: all); the rest are skipped",
+    )
     p.add_argument("--no-synthetic", action="store_true", help="skip the post-process-only comparison")
     args = p.parse_args(argv)
 
@@ -64,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             out[f"boxes_{i}"] = det["boxes"].numpy().astype(np.float32)
             out[f"scores_{i}"] = det["scores"].numpy().astype(np.float32)
             out[f"labels_{i}"] = det["labels"].numpy().astype(np.int64)
-            print(f"image {i} {img.shape[1]}x{img.shape[0]}: {len(det['scores'])} detections, "
-                  f"best {float(det['scores'].max()) if len(det['scores']) else 0:.3f}, "
-                  f">=0.5: {int((det['scores'] >= 0.5).sum())}")
+            print(
+                f"image {i} {img.shape[1]}x{img.shape[0]}: {len(det['scores'])} detections, "
+                f"best {float(det['scores'].max()) if len(det['scores']) else 0:.3f}, "
+                f">=0.5: {int((det['scores'] >= 0.5).sum())}"
+            )
 
         if args.no_synthetic:
             np.savez_compressed(args.out, **out)

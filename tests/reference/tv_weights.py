@@ -43,7 +43,9 @@ def layout(num_classes: int = NUM_CLASSES) -> list[tuple[str, tuple[int, ...]]]:
         items += _conv(f"backbone.extra.0.{idx}", 512, 512, 3)
     items += _conv("backbone.extra.0.7.1", 1024, 512, 3)  # conv6 (dilated)
     items += _conv("backbone.extra.0.7.3", 1024, 1024, 1)  # conv7
-    for i, (cin, mid, cout) in enumerate(((1024, 256, 512), (512, 128, 256), (256, 128, 256), (256, 128, 256)), 1):
+    for i, (cin, mid, cout) in enumerate(
+        ((1024, 256, 512), (512, 128, 256), (256, 128, 256), (256, 128, 256)), 1
+    ):
         items += _conv(f"backbone.extra.{i}.0", mid, cin, 1)
         items += _conv(f"backbone.extra.{i}.2", cout, mid, 3)
     for k, (cin, a) in enumerate(zip(HEAD_CHANNELS, ANCHORS)):

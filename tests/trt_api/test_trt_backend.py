@@ -169,10 +169,7 @@ def test_tensorrt_version_mismatch(monkeypatch, onnx_fp32, tmp_path):
         TensorRTBackend(plan)
     msg = str(e.value)
     assert "built with TensorRT 11.3.0.20 but this machine has TensorRT 11.4.0.106" in msg
-    assert (
-        f"rebuild with ssd-build --onnx {onnx_fp32} on this machine" in msg
-        and "\n" not in msg
-    )
+    assert f"rebuild with ssd-build --onnx {onnx_fp32} on this machine" in msg and "\n" not in msg
     assert not _runtime_made(fake)
 
 
@@ -309,7 +306,7 @@ def test_cuda_graph_failure_falls_back_to_execute(monkeypatch, onnx_fp32, tmp_pa
     assert fake.gpu.live == dict.fromkeys(fake.gpu.live, 0)
 
 
-# -- lifecycle ------------------------------------------------------------------------------------------------
+# -- lifecycle -----------------------------------------------------------------------------------------------
 def test_close_releases_everything_and_is_idempotent(fake, plan):
     be = TensorRTBackend(plan, contexts=3, cuda_graphs=True)
     for n in (1, 1, 4):
@@ -338,7 +335,7 @@ def test_failed_setup_frees_what_it_allocated(monkeypatch, onnx_fp32, tmp_path):
     assert fake.gpu.live == dict.fromkeys(fake.gpu.live, 0)
 
 
-# -- no GPU / no TensorRT / CUDA errors ------------------------------------------------------------------------
+# -- no GPU / no TensorRT / CUDA errors ----------------------------------------------------------------------
 def test_no_gpu_is_one_line_and_creates_no_tensorrt_objects(monkeypatch, onnx_fp32, tmp_path):
     fake = install_fake(monkeypatch)
     plan = make_plan(fake, onnx_fp32, tmp_path / "x.plan")

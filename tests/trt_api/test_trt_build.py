@@ -296,16 +296,15 @@ def test_missing_tensorrt_is_one_line(monkeypatch, onnx_fp16, tmp_path, capsys):
 def test_cli_in_the_real_environment_without_a_gpu(onnx_fp16, tmp_path):
     """No fakes: whatever is missing here (TensorRT libraries, driver, GPU) is one line, exit 2."""
     try:
-        tensorrt_usable = bool(loader.load_tensorrt()) and bool(
-            loader.load_cudart().cudaGetDeviceCount()[1]
-        )
+        tensorrt_usable = bool(loader.load_tensorrt()) and bool(loader.load_cudart().cudaGetDeviceCount()[1])
     except Exception:
         tensorrt_usable = False
     if tensorrt_usable:
         pytest.skip("TensorRT and a GPU are usable here")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "ssd_deploy.cli.build", "--onnx", str(onnx_fp16), "--output", str(tmp_path / "r.plan")],
+        [sys.executable, "-m", "ssd_deploy.cli.build", "--onnx", str(onnx_fp16),
+         "--output", str(tmp_path / "r.plan")],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
@@ -318,8 +317,8 @@ def test_cli_in_the_real_environment_without_a_gpu(onnx_fp16, tmp_path):
 # -- CLI -------------------------------------------------------------------------------------------------
 def test_cli_builds_and_reports(fake, onnx_fp16, tmp_path, capsys):
     out = tmp_path / "cli.plan"
-    rc = build_cli.main(["--onnx", str(onnx_fp16), "--batch", "1:2:4", "--output", str(out), "--opt-level", "2",
-                         "--workspace", "256", "--progress", "lines"])  # fmt: skip
+    rc = build_cli.main(["--onnx", str(onnx_fp16), "--batch", "1:2:4", "--output", str(out),
+                         "--opt-level", "2", "--workspace", "256", "--progress", "lines"])  # fmt: skip
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert captured.out.startswith(f"built {out} ") and " s: fp16, TensorRT 11.4.0.106" in captured.out

@@ -81,7 +81,8 @@ def test_project_uses_only_api_that_exists_in_tensorrt_11_4(surfaces):
         "ParserError.node_name", "Runtime.deserialize_cuda_engine", "ICudaEngine.get_tensor_profile_shape",
         "ICudaEngine.create_execution_context", "IExecutionContext.set_input_shape",
         "IExecutionContext.set_tensor_address", "IExecutionContext.execute_async_v3",
-        "IExecutionContext.set_optimization_profile_async", "ITimingCache.serialize", "IProgressMonitor.__init__",
+        "IExecutionContext.set_optimization_profile_async", "ITimingCache.serialize",
+        "IProgressMonitor.__init__",
         "cudart.cudaMemcpyAsync", "cudart.cudaMallocHost", "cudart.cudaStreamBeginCapture",
         "cudart.cudaGraphInstantiate", "cudart.cudaEventElapsedTime", "cudart.cudaGetDeviceCount",
     }  # fmt: skip
@@ -121,11 +122,13 @@ def build(trt, rt, logger):
 """
     found = [f"{f.line}: {f.message}" for f in tc.check_source(src, "snippet.py", surfaces)]
     expect = {
-        4: "EXPLICIT_BATCH does not exist", 6: "BuilderFlag.FP16 does not exist", 7: "no attribute 'int8_calibrator'",
-        8: "set_flag(...) with 1 positional", 9: "no attribute 'platform_has_fast_fp16'",
+        4: "EXPLICIT_BATCH does not exist", 6: "BuilderFlag.FP16 does not exist",
+        7: "no attribute 'int8_calibrator'", 8: "set_flag(...) with 1 positional",
+        9: "no attribute 'platform_has_fast_fp16'",
         11: "no attribute 'device_memory_size'", 12: "is a property, not a method",
-        14: "no attribute 'execute_async_v2'", 15: "set_tensor_address(...) with 1 positional", 16: "is read-only",
-        17: "STRONGLY_TYPED is deprecated", 18: "cudaMemcpyAsync(...) with 4 positional", 19: "cudaMallocPitchy does not exist",
+        14: "no attribute 'execute_async_v2'", 15: "set_tensor_address(...) with 1 positional",
+        16: "is read-only", 17: "STRONGLY_TYPED is deprecated", 18: "cudaMemcpyAsync(...) with 4 positional",
+        19: "cudaMallocPitchy does not exist",
         22: "must call trt.IProgressMonitor.__init__", 25: "has 'step_complete', not 'step_completed'",
         28: "phase_start takes 2 arguments",
     }  # fmt: skip

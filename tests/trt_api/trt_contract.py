@@ -19,9 +19,10 @@ from __future__ import annotations
 import ast
 import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 #: Names (leading underscores ignored) that denote instances of TensorRT classes.
 RECEIVERS = {

@@ -17,8 +17,9 @@ import json
 import threading
 import time
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -574,8 +575,11 @@ def make_fake_tensorrt(
             m = onnx.load(model, load_external_data=False)
             for i, node in enumerate(m.graph.node):
                 if node.op_type in unsupported_ops:
-                    self._errors.append(ParserError(
-                        f"No importer registered for op: {node.op_type}", i, node.name, node.op_type))  # fmt: skip
+                    self._errors.append(
+                        ParserError(
+                            f"No importer registered for op: {node.op_type}", i, node.name, node.op_type
+                        )
+                    )
             if self._errors:
                 return False
             inits = {t.name for t in m.graph.initializer}
@@ -896,9 +900,10 @@ def make_fake_tensorrt(
                 self._busy.release()
 
     for obj in (DataType, TensorIOMode, NetworkDefinitionCreationFlag, BuilderFlag, MemoryPoolType,
-                HardwareCompatibilityLevel, ExecutionContextAllocationStrategy, Dims, ILogger, IProgressMonitor,
-                IHostMemory, ITensor, INetworkDefinition, ParserError, OnnxParser, IOptimizationProfile,
-                ITimingCache, IBuilderConfig, Builder, Runtime, ICudaEngine, IExecutionContext):  # fmt: skip
+                HardwareCompatibilityLevel, ExecutionContextAllocationStrategy, Dims, ILogger,
+                IProgressMonitor, IHostMemory, ITensor, INetworkDefinition, ParserError, OnnxParser,
+                IOptimizationProfile, ITimingCache, IBuilderConfig, Builder, Runtime, ICudaEngine,
+                IExecutionContext):  # fmt: skip
         obj.__module__ = "tensorrt"
         setattr(mod, obj.__name__, obj)
     mod.nptype = nptype  # type: ignore[attr-defined]

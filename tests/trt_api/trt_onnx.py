@@ -63,8 +63,10 @@ def make_ssd_like_onnx(
     nodes += [
         helper.make_node("GlobalAveragePool", [x], ["gap"]),
         helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
-        helper.make_node("MatMul", ["flat", init("w_loc", rng.normal(0, 0.05, (k, p * 4)).astype(wdtype))], ["loc_f"]),
-        helper.make_node("MatMul", ["flat", init("w_conf", rng.normal(0, 0.05, (k, p * c)).astype(wdtype))], ["conf_f"]),
+        helper.make_node("MatMul", ["flat", init("w_loc", rng.normal(0, 0.05, (k, p * 4)).astype(wdtype))],
+                         ["loc_f"]),
+        helper.make_node("MatMul", ["flat", init("w_conf", rng.normal(0, 0.05, (k, p * c)).astype(wdtype))],
+                         ["conf_f"]),
     ]  # fmt: skip
     if precision == "fp16":  # keep_io_types: FP32 outputs, softmax in FP32
         nodes += [helper.make_node("Cast", ["loc_f"], ["loc_f32"], to=TensorProto.FLOAT),
@@ -74,9 +76,11 @@ def make_ssd_like_onnx(
         loc_f, conf_f = "loc_f", "conf_f"
     nodes += [
         helper.make_node("Reshape", [loc_f, init("loc_shape", np.array([-1, p, 4], np.int64))], ["loc"]),
-        helper.make_node("Reshape", [conf_f, init("conf_shape", np.array([-1, p, c], np.int64))], ["conf_logits"]),
+        helper.make_node("Reshape", [conf_f, init("conf_shape", np.array([-1, p, c], np.int64))],
+                         ["conf_logits"]),
         helper.make_node("Softmax", ["conf_logits"], ["conf"], axis=2),
-        helper.make_node("Identity", [init("priors_const", prior_boxes(config.prior).astype(np.float32))], ["priors"]),
+        helper.make_node("Identity", [init("priors_const", prior_boxes(config.prior).astype(np.float32))],
+                         ["priors"]),
     ]  # fmt: skip
     if extra_op:
         nodes.append(

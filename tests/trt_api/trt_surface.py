@@ -219,8 +219,8 @@ def describe_attr(
             "writable": raw.fset is not None, "deprecated": bool(DEPRECATED_RE.search(ivars.get(name, ""))),
         }  # fmt: skip
     if tname == "pybind11_static_property" or tname == "getset_descriptor" or tname == "member_descriptor":
-        return {"kind": "property", "getter": [], "setter": None, "writable": tname != "pybind11_static_property",
-                "deprecated": False}  # fmt: skip
+        return {"kind": "property", "getter": [], "setter": None,
+                "writable": tname != "pybind11_static_property", "deprecated": False}  # fmt: skip
     if isinstance(raw, type):
         if depth >= 2:
             return {"kind": "class", "attrs": {}, "bases": [], "buffer": False}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,9 @@ def _import_ort() -> Any:
     try:
         import onnxruntime
     except ImportError:
-        raise BackendError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)") from None
+        raise BackendError(
+            "onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)"
+        ) from None
     return onnxruntime
 
 
@@ -40,8 +43,10 @@ def resolve_providers(device: str | Sequence[str] | None, available: Sequence[st
     if device is None or device == "auto":
         wanted = _PROVIDER_ALIASES["cuda"]
         return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
-    wanted = list(_PROVIDER_ALIASES[device]) if isinstance(device, str) and device in _PROVIDER_ALIASES else (
-        [device] if isinstance(device, str) else list(device)
+    wanted = (
+        list(_PROVIDER_ALIASES[device])
+        if isinstance(device, str) and device in _PROVIDER_ALIASES
+        else ([device] if isinstance(device, str) else list(device))
     )
     missing = [p for p in wanted if p not in available and p != "CPUExecutionProvider"]
     if missing:

@@ -141,8 +141,9 @@ class OpenVINOBackend(Backend):
         self.artifact_precision = meta.get(PRECISION_KEY, "fp32")
         # The precision results are held to (ssd-check limits): a BF16 hint on an FP32/FP16 graph
         # makes it a BF16 run; an INT8 graph stays INT8 (its float parts then run in BF16 too).
-        self.precision = "bf16" if requested == "bf16" and self.artifact_precision != "int8" \
-            else self.artifact_precision
+        self.precision = (
+            "bf16" if requested == "bf16" and self.artifact_precision != "int8" else self.artifact_precision
+        )
         self.inference_precision = requested
         self.cache_dir = str(cache_dir) if cache_dir is not None else default_cache_dir()
         config: dict[str, Any] = {
@@ -154,8 +155,12 @@ class OpenVINOBackend(Backend):
                 os.makedirs(self.cache_dir, exist_ok=True)
                 config["CACHE_DIR"] = self.cache_dir
             except OSError as e:  # a read-only home must not stop inference: compile without a cache
-                _log.warning("OpenVINO model cache %s unusable (%s); compiling without it (set %s)",
-                             self.cache_dir, e.strerror or e, CACHE_ENV)
+                _log.warning(
+                    "OpenVINO model cache %s unusable (%s); compiling without it (set %s)",
+                    self.cache_dir,
+                    e.strerror or e,
+                    CACHE_ENV,
+                )
                 self.cache_dir = None
         if intra_op_threads:
             config["INFERENCE_NUM_THREADS"] = int(intra_op_threads)
@@ -279,7 +284,9 @@ def save_ir(onnx_path: str | os.PathLike[str], xml_path: str | os.PathLike[str])
     if artifact_kind(dst) != "openvino":
         raise BackendError(f"{dst}: an OpenVINO IR path must end in .xml")
     if CONFIG_KEY not in _read_metadata(None, src):
-        raise BackendError(f"{src}: no {CONFIG_KEY!r} in its metadata; export it with python -m ssd_deploy.export")
+        raise BackendError(
+            f"{src}: no {CONFIG_KEY!r} in its metadata; export it with python -m ssd_deploy.export"
+        )
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dst.stem}.", dir=dst.parent) as tmp:
         tmp_xml = Path(tmp) / dst.name

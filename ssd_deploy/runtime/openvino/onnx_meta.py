@@ -47,7 +47,7 @@ def _entry(buf: bytes) -> tuple[str, str]:
         field, wire = tag >> 3, tag & 7
         if wire == _LEN:
             n, pos = _buf_varint(buf, pos)
-            text = buf[pos:pos + n].decode("utf-8", errors="replace")
+            text = buf[pos : pos + n].decode("utf-8", errors="replace")
             pos += n
             if field == _ENTRY_KEY:
                 key = text

@@ -75,5 +75,10 @@ class TorchBackend(Backend):
         return loc.numpy(), conf.numpy()
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "path": self.path, "precision": self.precision,
-                "torch": self._torch.__version__, "threads": self._torch.get_num_threads()}
+        return {
+            "backend": self.name,
+            "path": self.path,
+            "precision": self.precision,
+            "torch": self._torch.__version__,
+            "threads": self._torch.get_num_threads(),
+        }
