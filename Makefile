@@ -23,6 +23,8 @@ demo: setup
 	$(VENV)/bin/ssd-check --engine export/ssd300.onnx --json out/check.json
 
 test: setup
+	$(VENV)/bin/ruff check ssd_deploy tests benchmarks
+	$(VENV)/bin/ruff format --check ssd_deploy tests benchmarks
 	$(PY) -m pytest -q
 
 # torchvision's own ssd300_vgg16 outputs for tests/test_torchvision_parity.py. torchvision does not

@@ -86,3 +86,19 @@ def test_looser_request_falls_back_to_numpy_and_says_so_once(e2e_path, heads):
 def test_plain_artifact_is_untouched(ssd300_onnx):
     with Detector.load(ssd300_onnx, device="cpu") as d:
         assert d.end_to_end is None and not d.in_graph()
+
+
+def test_openvino_backend_reads_the_graphs_detections(e2e_path, sample_paths):
+    """OpenVINO runs the same file's Detect in the graph; on photos it equals the numpy Detect on
+    OpenVINO's own loc/conf (its tie and IoU == threshold corners: docs/end_to_end.md)."""
+    pytest.importorskip("openvino")
+    from ssd_deploy.preprocess import preprocess
+
+    with Detector.load(e2e_path, device="openvino") as d:
+        assert d.backend.name == "openvino" and d.end_to_end is not None and d.in_graph()
+        paths = sample_paths[:2]
+        batch, sizes = preprocess(paths, d.config)
+        loc, conf = d.infer(batch)
+        got, timings = d.detect_timed(paths)
+        _same(got, d.postprocess(loc, conf, sizes))
+        assert timings["postprocess"] < timings["compute"]

@@ -151,7 +151,7 @@ class OnnxRuntimeBackend(Backend):
         """End-to-end artifacts only: ``(detections [N, D, 6], num_detections [N])`` from the graph."""
         if self.end_to_end is None:
             raise BackendError(f"{self.path}: not an end-to-end artifact (no {DETECTIONS} output)")
-        dets, num = self._session.run([DETECTIONS, NUM_DETECTIONS], {"images": images})
+        dets, num = self._session.run([DETECTIONS, NUM_DETECTIONS], {INPUT: images})
         return dets, num
 
     def describe(self) -> dict[str, object]:

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from ...config import PRECISION_KEY, RECIPE_KEY, ConfigError, SSDConfig
-from ...contract import CONF, CONFIG_KEY, INPUT, LOC, PRIORS, artifact_kind
-from ...errors import MissingDependency, optional_import
+from ...contract import CONF, CONFIG_KEY, DETECTIONS, INPUT, LOC, NUM_DETECTIONS, PRIORS, artifact_kind
+from ...errors import InputError, MissingDependency, one_line, optional_import
 from ...priors import prior_boxes
 from ..backend import Backend, BackendError
 from .onnx_meta import OnnxMetaError, read_onnx_metadata
@@ -94,16 +94,11 @@ def _read_metadata(core: Any, p: Path) -> dict[str, str]:
     try:
         model = core.read_model(str(p))
     except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses with long text
-        raise BackendError(f"{p}: OpenVINO cannot read it: {_first_line(e)}") from None
+        raise BackendError(f"{p}: OpenVINO cannot read it: {one_line(e)}") from None
     if not model.has_rt_info(["framework"]):
         return {}
     info = model.get_rt_info(["framework"]).astype(dict)
     return {str(k): v.astype(str) for k, v in info.items()}
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
 
 
 class OpenVINOBackend(Backend):
@@ -167,7 +162,7 @@ class OpenVINOBackend(Backend):
         try:
             self._compiled = self._core.compile_model(str(p), DEVICE, config)
         except Exception as e:  # noqa: BLE001
-            raise BackendError(f"{p}: OpenVINO cannot compile it: {_first_line(e)}") from None
+            raise BackendError(f"{p}: OpenVINO cannot compile it: {one_line(e)}") from None
         self._check_io(p)
         self._pool: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -193,6 +188,16 @@ class OpenVINOBackend(Backend):
         self._has_priors = PRIORS in outs
         self._outputs = (outs[LOC], outs[CONF])
         self._priors_output = outs.get(PRIORS)
+        # End-to-end artifacts (docs/end_to_end.md): Detect also runs in the graph.
+        self.end_to_end = None
+        if {DETECTIONS, NUM_DETECTIONS} <= outs.keys():
+            from ...endtoend import read_end_to_end
+
+            try:
+                self.end_to_end = read_end_to_end(self.metadata, str(p))
+            except InputError as e:
+                raise BackendError(str(e)) from None
+            self._detection_outputs = (outs[DETECTIONS], outs[NUM_DETECTIONS])
 
     @property
     def compiled_model(self) -> Any:
@@ -234,6 +239,22 @@ class OpenVINOBackend(Backend):
         finally:
             self._pool.put(req)
         return loc, conf
+
+    def run_detections(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """End-to-end artifacts only: ``(detections [N, D, 6], num_detections [N])`` from the graph.
+
+        OpenVINO's ties and IoU-equal-to-threshold differ from the numpy Detect in corners
+        (docs/end_to_end.md, "Documented differences")."""
+        if self.end_to_end is None:
+            raise BackendError(f"{self.path}: not an end-to-end artifact (no {DETECTIONS} output)")
+        req = self._borrow()
+        try:
+            req.infer({INPUT: images}, share_inputs=True, share_outputs=True)
+            dets = np.array(req.get_tensor(self._detection_outputs[0]).data, dtype=np.float32)
+            num = np.array(req.get_tensor(self._detection_outputs[1]).data)
+        finally:
+            self._pool.put(req)
+        return dets, num
 
     def _check_priors(self, priors: np.ndarray) -> None:
         # The first call checks the graph's priors against the metadata config, so a file whose
@@ -293,7 +314,7 @@ def save_ir(onnx_path: str | os.PathLike[str], xml_path: str | os.PathLike[str])
         try:
             ov.save_model(ov.Core().read_model(str(src)), str(tmp_xml), compress_to_fp16=False)
         except Exception as e:  # noqa: BLE001
-            raise BackendError(f"{src}: OpenVINO cannot convert it: {_first_line(e)}") from None
+            raise BackendError(f"{src}: OpenVINO cannot convert it: {one_line(e)}") from None
         os.replace(tmp_xml.with_suffix(".bin"), dst.with_suffix(".bin"))
         os.replace(tmp_xml, dst)
     return dst
