@@ -10,8 +10,10 @@ import contextlib
 import math
 import os
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from .errors import InputError, optional_import
@@ -109,6 +111,7 @@ def start_ray(
             )
     except BaseException as e:
         ray.shutdown()  # whatever ray.init started before it failed or was interrupted
+        _kill_session_leftovers()
         if isinstance(e, SystemExit) and e.code == signal.SIGTERM:
             # SIGTERM while ray.init runs reaches Ray's own handler (sys.exit(15)): an interrupt.
             raise KeyboardInterrupt from None
@@ -120,6 +123,31 @@ def start_ray(
             else:
                 os.environ[k] = v
     return True
+
+
+def _kill_session_leftovers() -> None:
+    """Kill what an interrupted ``ray.init`` of this process left running.
+
+    When the start-up is cut short, ``ray.shutdown`` stops the GCS and the raylet but not the
+    agents the raylet had started (dashboard and runtime-env agents); orphaned, they linger for
+    about a minute. They are found by the files they hold open in this process's session folder
+    (Ray names it ``session_<time>_<driver pid>``). Linux only (``/proc``); elsewhere a no-op.
+    """
+    root = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
+    sessions = [str(d) for d in root.glob(f"session_*_{os.getpid()}") if d.is_dir()]
+    proc = Path("/proc")
+    if not sessions or not proc.is_dir():
+        return
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            targets = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except OSError:  # gone, or not ours to inspect
+            continue
+        if any(t.startswith(s) for t in targets for s in sessions):
+            with contextlib.suppress(OSError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def local_cpus(actors: int, cpus_per_actor: float) -> int:
