@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset",
         required=True,
-        metavar="SPEC",
+        metavar="KIND:PATH",
         help="voc:VOCdevkit/VOC2007[:test] or coco:ANNOTATIONS.json:IMAGE_DIR",
     )
     p.add_argument(

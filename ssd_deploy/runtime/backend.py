@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import abc
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ..config import SSDConfig
-from ..errors import SSDDeployError
+from ..contract import DETECTIONS, NUM_DETECTIONS, RECIPE_KEY
+from ..errors import InputError, SSDDeployError
 
 
 class BackendError(SSDDeployError, RuntimeError):
@@ -41,6 +45,31 @@ class Backend(abc.ABC):
     precision: str = "fp32"
     #: Short backend name for reports ("onnxruntime", "tensorrt", "torch").
     name: str = "backend"
+
+    #: Detect baked into an end-to-end graph (:class:`ssd_deploy.endtoend.EndToEndSpec`), else None.
+    end_to_end: Any = None
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """How the artifact's precision was produced (its recipe metadata), or ``{}``."""
+        meta = getattr(self, "metadata", None) or {}
+        try:
+            return dict(json.loads(meta.get(RECIPE_KEY, "{}")))
+        except (json.JSONDecodeError, TypeError, ValueError):
+            return {}
+
+    def _read_end_to_end(self, output_names: Iterable[str]) -> bool:
+        """Set :attr:`end_to_end` from the metadata when the graph has the end-to-end outputs
+        (docs/end_to_end.md); returns whether it has them."""
+        if not {DETECTIONS, NUM_DETECTIONS} <= set(output_names):
+            return False
+        from .in_graph import read_end_to_end
+
+        try:
+            self.end_to_end = read_end_to_end(getattr(self, "metadata", None) or {}, self.path)
+        except InputError as e:
+            raise BackendError(str(e)) from None
+        return True
 
     @property
     def batch_range(self) -> tuple[int, int | None]:

@@ -11,13 +11,83 @@ Detect on ``loc``/``conf``.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..config import DetectParams
-from ..endtoend import EndToEndSpec
+from ..contract import DETECTION_COLUMNS, END_TO_END_KEY, END_TO_END_ROW_ORDER
+from ..errors import InputError
 from ..postprocess import Detections, _as_array, _as_list, _Kept
 
-__all__ = ["in_graph_kept", "in_graph_mismatch", "kept_as_array", "kept_as_list"]
+__all__ = [
+    "EndToEndError",
+    "EndToEndSpec",
+    "in_graph_kept",
+    "in_graph_mismatch",
+    "kept_as_array",
+    "kept_as_list",
+    "read_end_to_end",
+]
+
+
+class EndToEndError(InputError):
+    """The graph cannot get (or already has) the end-to-end outputs; one line naming the file."""
+
+
+@dataclass(frozen=True)
+class EndToEndSpec:
+    """What an end-to-end graph bakes in, as stored in its metadata."""
+
+    conf_thresh: float
+    nms_thresh: float
+    top_k: int
+    keep_top_k: int | None
+    background_label: int
+    num_classes: int
+    max_detections: int  # D
+    #: Extra TopK candidates ranked by (score, prior index) for runtimes whose TopK is not stable.
+    tie_margin: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "conf_thresh": self.conf_thresh, "nms_thresh": self.nms_thresh, "top_k": self.top_k,
+            "keep_top_k": self.keep_top_k, "background_label": self.background_label,
+            "num_classes": self.num_classes, "max_detections": self.max_detections,
+            "tie_margin": self.tie_margin, "row_order": END_TO_END_ROW_ORDER,
+            "columns": list(DETECTION_COLUMNS),
+            "boxes": "normalised to the network input", "ties": "prior index",
+        }, sort_keys=True)  # fmt: skip
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "artifact") -> EndToEndSpec:
+        try:
+            d = json.loads(text)
+            cap = d.get("keep_top_k")
+            return cls(
+                conf_thresh=float(d["conf_thresh"]), nms_thresh=float(d["nms_thresh"]),
+                top_k=int(d["top_k"]), keep_top_k=None if cap is None else int(cap),
+                background_label=int(d["background_label"]), num_classes=int(d["num_classes"]),
+                max_detections=int(d["max_detections"]), tie_margin=int(d.get("tie_margin", 0)),
+            )  # fmt: skip
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise EndToEndError(
+                f"{source}: bad '{END_TO_END_KEY}' metadata: {type(e).__name__}: {e}"
+            ) from None
+
+    @property
+    def params(self) -> DetectParams:
+        return DetectParams(
+            conf_thresh=self.conf_thresh, nms_thresh=self.nms_thresh, top_k=self.top_k,
+            keep_top_k=self.keep_top_k, background_label=self.background_label,
+        )  # fmt: skip
+
+
+def read_end_to_end(meta: dict[str, str], source: str = "artifact") -> EndToEndSpec | None:
+    """The end-to-end spec in an artifact's metadata, ``None`` when it has none."""
+    text = meta.get(END_TO_END_KEY)
+    return None if text is None else EndToEndSpec.from_json(text, source)
 
 
 def in_graph_mismatch(spec: EndToEndSpec, params: DetectParams, num_priors: int) -> str | None:

@@ -135,7 +135,7 @@ def _onnx_facts(path: Path, max_batch: int | None) -> EngineFacts:
             f"{path}: the batch dimension is fixed to {shape[0]}; Triton batching needs a dynamic "
             "batch (python -m ssd_deploy.export writes one)"
         )
-    from ..endtoend import read_end_to_end
+    from ..runtime.in_graph import read_end_to_end
 
     try:
         baked = read_end_to_end(meta, str(path)) if DETECTIONS in outputs else None

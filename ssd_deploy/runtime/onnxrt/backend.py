@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,9 +10,7 @@ from typing import Any
 import numpy as np
 
 from ...config import ConfigError, SSDConfig
-from ...contract import CONF, DETECTIONS, INPUT, LOC, NUM_DETECTIONS, PRECISION_KEY, PRIORS, RECIPE_KEY
-from ...endtoend import read_end_to_end
-from ...errors import InputError
+from ...contract import CONF, DETECTIONS, INPUT, LOC, NUM_DETECTIONS, PRECISION_KEY, PRIORS
 from ...priors import prior_boxes
 from ..backend import Backend, BackendError
 
@@ -110,13 +107,7 @@ class OnnxRuntimeBackend(Backend):
         n = shape[0]
         self._batch_range: tuple[int, int | None] = (n, n) if isinstance(n, int) else (1, None)
         self._has_priors = PRIORS in outs
-        # End-to-end artifacts (docs/end_to_end.md): Detect also runs in the graph.
-        self.end_to_end = None
-        if {DETECTIONS, NUM_DETECTIONS} <= outs.keys():
-            try:
-                self.end_to_end = read_end_to_end(self.metadata, str(p))
-            except InputError as e:
-                raise BackendError(str(e)) from None
+        self._read_end_to_end(outs)  # end-to-end artifacts: Detect also runs in the graph
 
     @property
     def session(self) -> Any:
@@ -126,13 +117,6 @@ class OnnxRuntimeBackend(Backend):
     @property
     def batch_range(self) -> tuple[int, int | None]:
         return self._batch_range
-
-    @property
-    def recipe(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.metadata.get(RECIPE_KEY, "{}")))
-        except json.JSONDecodeError:
-            return {}
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not self._priors_checked and self._has_priors:

@@ -13,7 +13,6 @@ convolutions as INT8 kernels under either hint.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -23,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ...config import PRECISION_KEY, RECIPE_KEY, ConfigError, SSDConfig
+from ...config import PRECISION_KEY, ConfigError, SSDConfig
 from ...contract import CONF, CONFIG_KEY, DETECTIONS, INPUT, LOC, NUM_DETECTIONS, PRIORS, artifact_kind
-from ...errors import InputError, MissingDependency, one_line, optional_import
+from ...errors import MissingDependency, one_line, optional_import
 from ...priors import prior_boxes
 from ..backend import Backend, BackendError
 from .onnx_meta import OnnxMetaError, read_onnx_metadata
@@ -188,15 +187,7 @@ class OpenVINOBackend(Backend):
         self._has_priors = PRIORS in outs
         self._outputs = (outs[LOC], outs[CONF])
         self._priors_output = outs.get(PRIORS)
-        # End-to-end artifacts (docs/end_to_end.md): Detect also runs in the graph.
-        self.end_to_end = None
-        if {DETECTIONS, NUM_DETECTIONS} <= outs.keys():
-            from ...endtoend import read_end_to_end
-
-            try:
-                self.end_to_end = read_end_to_end(self.metadata, str(p))
-            except InputError as e:
-                raise BackendError(str(e)) from None
+        if self._read_end_to_end(outs):  # end-to-end artifacts: Detect also runs in the graph
             self._detection_outputs = (outs[DETECTIONS], outs[NUM_DETECTIONS])
 
     @property
@@ -207,13 +198,6 @@ class OpenVINOBackend(Backend):
     @property
     def batch_range(self) -> tuple[int, int | None]:
         return self._batch_range
-
-    @property
-    def recipe(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.metadata.get(RECIPE_KEY, "{}")))
-        except json.JSONDecodeError:
-            return {}
 
     def _borrow(self) -> Any:
         try:
