@@ -190,7 +190,7 @@ def add_device(p: argparse.ArgumentParser) -> None:
         "--device",
         choices=DEVICES,
         default="auto",
-        help="backend for .onnx files: auto = TensorRT/CUDA when present, else OpenVINO when "
+        help="backend for .onnx files: auto = ONNX Runtime on CUDA when present, else OpenVINO when "
         "installed, else ONNX Runtime CPU (default: auto)",
     )
 
