@@ -19,11 +19,9 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def output_problem(path: str | os.PathLike[str]) -> str | None:
-    """Create ``path``'s folder if needed; a one-line reason when the file cannot be written there."""
+def parent_problem(path: str | os.PathLike[str]) -> str | None:
+    """Create ``path``'s folder if needed; a one-line reason when nothing can be written there."""
     out = Path(path)
-    if out.is_dir():
-        return f"{out}: is a directory, expected a file path"
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +30,14 @@ def output_problem(path: str | os.PathLike[str]) -> str | None:
     if not os.access(parent, os.W_OK):
         return f"{out}: the output folder {parent} is not writable"
     return None
+
+
+def output_problem(path: str | os.PathLike[str]) -> str | None:
+    """Create ``path``'s folder if needed; a one-line reason when the file cannot be written there."""
+    out = Path(path)
+    if out.is_dir():
+        return f"{out}: is a directory, expected a file path"
+    return parent_problem(out)
 
 
 @contextlib.contextmanager

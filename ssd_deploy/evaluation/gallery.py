@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import InputError
+from ..fileio import parent_problem
 from ..runtime import ImageDetections
 from .datasets import DetectionSet, EvalDataset
 
@@ -48,14 +49,7 @@ def gallery_problem(folder: str | os.PathLike[str]) -> str | None:
         return f"{d}: exists and is not a folder"
     if d.is_dir() and any(d.iterdir()):
         return f"{d}: the gallery folder exists and is not empty"
-    parent = d.parent if str(d.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        return f"{d}: cannot create its parent folder ({e.strerror})"
-    if not os.access(parent, os.W_OK):
-        return f"{d}: the folder {parent} is not writable"
-    return None
+    return parent_problem(d)
 
 
 def compare_images(
