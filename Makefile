@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints/cpu.txt -e '.[export,dev,bench,serve,batch,eval,openvino]'
+	$(PY) -m pip install -q -c constraints/cpu.txt -e '.[export,dev,bench,serve,batch,eval,openvino,jit]'
 	touch $(STAMP)
 
 # Export SSD300 to ONNX, detect on sample photos with the fastest engine here (device=auto: CUDA,

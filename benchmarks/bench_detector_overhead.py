@@ -2,14 +2,17 @@
 
     .venv/bin/python benchmarks/bench_detector_overhead.py [--rounds 30] [--onnx export/ssd300.onnx]
 
-Four variants run interleaved, round by round, on one image and one ``InferenceSession`` (the
-Detector's own, so both sides share the same thread pool and memory arena; two sessions would
-leave one's spinning worker threads competing with the other on a small machine):
+Four or five variants run interleaved, round by round, on one image and one ``InferenceSession``
+(the Detector's own, so both sides share the same thread pool and memory arena; two sessions would
+leave one's spinning worker threads competing with the other on a small machine). With
+``--device openvino`` the bare side is an infer request of the Detector's compiled model.
 
 * ``session.run``   bare ``session.run(["loc", "conf"], {"images": x})`` on an already preprocessed x;
 * ``detect``        ``Detector.detect(image)`` on the decoded photo: preprocess + network + decode/NMS;
 * ``detect(path)``  the same from the file path, so JPEG/PNG decoding is included (not the target);
-* ``detect_timed``  ``Detector.detect_timed(image)``, only for the per-stage breakdown.
+* ``detect_timed``  ``Detector.detect_timed(image)``, only for the per-stage breakdown;
+* ``detect (numpy path)``  where numba is installed: ``detect`` with the compiled kernels switched
+  off (``ssd_deploy.ops.jit.disabled``), to show what they save.
 
 The overhead quoted is the median over rounds of ``detect / session.run - 1`` (paired: both sides
 of a ratio ran back to back under the same load) with a bootstrap 95 % interval; the verdict is
@@ -67,6 +70,7 @@ def main() -> int:
     from rich.markup import escape
     from rich.table import Table
 
+    from ssd_deploy.ops import jit
     from ssd_deploy.preprocess import preprocess
     from ssd_deploy.runtime import Detector
     from ssd_deploy.samples import sample_images
@@ -104,6 +108,15 @@ def main() -> int:
         "detect(path)": lambda: det.detect(str(image_path)),
         "detect_timed": lambda: det.detect_timed(image),
     }
+    kernels = jit.status()
+    if jit.kernels() is not None:
+        # The same call with the numba kernels switched off: what the numpy path alone would add.
+        def detect_numpy() -> Any:
+            with jit.disabled():
+                return det.detect(image)
+
+        variants["detect (numpy path)"] = detect_numpy
+        assert len(detect_numpy()) == len(ref)
     times: dict[str, list[float]] = {k: [] for k in variants}
     stages: list[dict[str, float]] = []
     load_before = load_average()
@@ -157,6 +170,7 @@ def main() -> int:
                 f"the network adds {within['median_pct']:.1f} % "
                 f"(median; p90 {within['p90_pct']:.1f} %)")  # fmt: skip
     con.print(headline)
+    con.print(f"pre/post-processing: {kernels}")
     con.print("detect_timed stages (mean ms): " + ", ".join(f"{k} {v:.2f}" for k, v in stage_ms.items()))
 
     out = Path(args.out)
@@ -168,7 +182,7 @@ def main() -> int:
         "image": image_path.name, "image_size": list(image.shape[1::-1]),
         "rounds": args.rounds, "warmup": args.warmup,
         "intra_op_threads": args.intra_op_threads or "onnxruntime default",
-        "detections_at_default_thresholds": len(ref),
+        "detections_at_default_thresholds": len(ref), "pre_post_processing": kernels,
         "latency_ms": {k: s.to_dict() for k, s in summaries.items()},
         "samples_ms": {k: [round(v * 1e3, 3) for v in vals] for k, vals in times.items()},
         "ratios_vs_session_run": {k: r.to_dict() for k, r in ratios.items()},
@@ -197,7 +211,8 @@ def main() -> int:
             f"Model `{args.onnx}` ({det.backend.precision}), image {image_path.name} "
             f"{image.shape[1]}x{image.shape[0]}, {len(ref)} detections at the default thresholds; "
             f"ONNX Runtime intra-op threads: {args.intra_op_threads or 'default'}; "
-            f"{args.warmup} warm-up + {args.rounds} measured rounds, interleaved."
+            f"{args.warmup} warm-up + {args.rounds} measured rounds, interleaved. Pre- and "
+            f"post-processing: {kernels}."
         ),
         "",
         (

@@ -5,7 +5,9 @@
 Variants, run side by side in one process and interleaved (each round runs every variant on every
 input, in a rotating order, so all of them see the same background load):
 
-* ``ours``        :func:`ssd_deploy.postprocess.detect` (vectorised numpy);
+* ``ours``        :func:`ssd_deploy.postprocess.detect` (with numba installed, its compiled
+                  top-k and NMS kernels; else vectorised numpy);
+* ``ours-numpy``  where numba is installed: the same with the kernels switched off (the numpy path);
 * ``torchvision`` decode in torch, per class ``score > thresh`` and ``topk(top_k)``, then one
                   ``torchvision.ops.batched_nms`` (the shape of torchvision's own SSD post-process,
                   without its box clipping and its 400 candidates); only when torch and torchvision
@@ -42,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 # The imports below need ROOT on sys.path (the script runs from a checkout, not installed).
 from ssd_deploy.config import DetectParams, preset  # noqa: E402
+from ssd_deploy.ops import jit  # noqa: E402
 from ssd_deploy.postprocess import detect  # noqa: E402
 from ssd_deploy.priors import prior_boxes  # noqa: E402
 
@@ -197,7 +200,7 @@ def mismatches(a: Result, b: Result) -> int:
 # -- main ------------------------------------------------------------------------------------------
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for name in ("numpy", "torch", "torchvision"):
+    for name in ("numpy", "numba", "torch", "torchvision"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -252,6 +255,13 @@ def main() -> int:
         return d.boxes, d.scores, d.class_ids
 
     variants["ours"] = ours
+    if jit.kernels() is not None:
+        # `ours` runs the numba kernels; this is the same function on the numpy path alone.
+        def ours_numpy(loc: np.ndarray, conf: np.ndarray) -> Result:
+            with jit.disabled():
+                return ours(loc, conf)
+
+        variants["ours-numpy"] = ours_numpy
     tv = make_torchvision_variant(params, variances)
     if tv is not None:
         torch = tv.torch  # type: ignore[attr-defined]
@@ -265,6 +275,7 @@ def main() -> int:
     if tv is not None:
         env["torch_threads"] = tv.torch.get_num_threads()  # type: ignore[attr-defined]
     print("environment:", json.dumps(env))
+    env["pre_post_processing"] = jit.status()
     print(f"config: {cfg.name}, P={priors.shape[0]}, C={cfg.num_classes}, {params}")
 
     report: dict[str, Any] = {"environment": env, "params": str(params), "cases": {}}

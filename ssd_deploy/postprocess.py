@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .config import DetectParams
+from .ops import jit
 from .ops.boxes import decode, nms_keep_planes, scale_boxes
 
 __all__ = ["Detections", "detect", "detect_array"]
@@ -140,7 +141,9 @@ def _top_k_floor(
     floor = floor_bits.view(np.float32)
     loose = np.flatnonzero(above[np.arange(r), boundary] > 4 * k)
     if loose.size:
-        floor[loose] = np.partition(rows[loose], p - k, axis=1)[:, p - k]
+        # Non-candidates (NaN included: np.partition sorts it above every number) out of the way.
+        scores = np.where(mask[loose], rows[loose], np.float32(-np.inf))
+        floor[loose] = np.partition(scores, p - k, axis=1)[:, p - k]
     return floor
 
 
@@ -154,9 +157,13 @@ def _candidates(
     """
     b, p, c = conf.shape
     k = params.top_k
+    if jit.kernels() is not None:
+        background = params.background_label if 0 <= params.background_label < c else -1
+        return jit.top_k_candidates(conf, params.conf_thresh, k, background)
+    thresh = np.float32(params.conf_thresh) + np.float32(0.0)  # -0.0 -> +0.0 for the bit-pattern floor
     # Class-major copy: each (image, class) group becomes one contiguous row.
     rows = np.ascontiguousarray(conf.transpose(0, 2, 1)).reshape(b * c, p)
-    mask = rows > np.float32(params.conf_thresh)
+    mask = rows > thresh
     if 0 <= params.background_label < c:
         mask.reshape(b, c, p)[:, params.background_label] = False
     if k < p:
@@ -167,7 +174,7 @@ def _candidates(
             # only a few more), so the sort below sees about top_k entries per group; the rank
             # cut after the sort makes the selection exact.
             sub, sub_mask = rows[crowded], mask[crowded]
-            floor = _top_k_floor(sub, sub_mask, counts[crowded], k, params.conf_thresh)
+            floor = _top_k_floor(sub, sub_mask, counts[crowded], k, float(thresh))
             mask[crowded] = sub_mask & (sub >= floor[:, None])
     flat = np.flatnonzero(mask)
     group = flat // p
@@ -191,6 +198,11 @@ def _bucket_nms(
     n = rank.shape[0]
     if n == 0:
         return np.zeros(0, dtype=bool)
+    if jit.kernels() is not None:
+        # Compiled greedy loop over the groups as they lie (no padding): same result, a few times
+        # cheaper since it only compares kept boxes with the ones still alive after them.
+        starts = np.append(np.flatnonzero(rank == 0), n)
+        return jit.greedy_nms(boxes.T, np.ones(n, dtype=bool), starts, iou_threshold, nan_suppresses)
     gi = np.cumsum(rank == 0) - 1  # dense group index of each element
     sizes = np.bincount(gi)
     kmax = int(sizes.max())

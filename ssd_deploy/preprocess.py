@@ -22,6 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import SSDConfig
 from .errors import InputError
+from .ops import jit
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -271,6 +272,9 @@ def preprocess(
     mean = [np.float32(m) for m in config.mean]
     # Pixels come out of load_image as RGB; the model may want BGR.
     order = (2, 1, 0) if config.channel_order == "BGR" else (0, 1, 2)
+    fused = jit.kernels() is not None
+    if fused:
+        order_arr, mean_arr = np.array(order, dtype=np.int64), np.array(mean, dtype=np.float32)
     sizes = []
     for i, src in enumerate(items):
         try:
@@ -280,6 +284,10 @@ def preprocess(
                 raise
             raise ImageError(f"image {i} of {len(items)}: {e}") from None
         sizes.append((int(rgb.shape[1]), int(rgb.shape[0])))
+        if fused:  # the same arithmetic as below in one compiled pass (ssd_deploy.ops.jit)
+            tables = _axis_table(rgb.shape[0], s) + _axis_table(rgb.shape[1], s)
+            jit.resize_normalize(rgb, tables, order_arr, mean_arr, batch[i])
+            continue
         resized = resize_bilinear(rgb, s)
         for c, src_c in enumerate(order):  # channel reorder, mean and HWC -> CHW in one pass each
             np.subtract(resized[:, :, src_c], mean[c], out=batch[i, c])

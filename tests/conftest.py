@@ -56,3 +56,18 @@ def sample_paths():
         return sample_images()
     except SamplesUnavailable as e:
         pytest.skip(str(e))
+
+
+@pytest.fixture(params=["jit", "numpy"])
+def runtime_path(request):
+    """Runs a test on both implementations of the runtime's pre/post-processing: the numba kernels
+    (skipped without numba) and the numpy path they must equal (ssd_deploy.ops.jit)."""
+    from ssd_deploy.ops import jit
+
+    if request.param == "numpy":
+        with jit.disabled():
+            yield "numpy"
+    else:
+        if jit.kernels() is None:
+            pytest.skip(f"numba kernels unavailable: {jit.status()}")
+        yield "jit"

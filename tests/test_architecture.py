@@ -135,3 +135,18 @@ def test_rules_see_real_imports():
 def test_nothing_imports_the_tests():
     for name, path in _modules():
         assert not any(_matches(i, "tests") or i.startswith("conftest") for i in _imports(path)), name
+
+
+def test_numba_stays_behind_ops_jit():
+    """numba is optional: only the kernels module imports it, and only ``ops.jit`` imports that
+    (lazily, falling back to numpy), so every other module works without it."""
+    allowed = {"ssd_deploy.ops._numba_kernels", "ssd_deploy.ops.jit"}
+    broken = [
+        f"{name} imports {imp}"
+        for name, path in _modules()
+        if name not in allowed
+        for imp in sorted(_imports(path))
+        if any(_matches(imp, m) for m in ("numba", "llvmlite", "ssd_deploy.ops._numba_kernels"))
+    ]
+    assert not broken, "\n".join(broken)
+    assert "numba" in _imports(PKG / "ops" / "_numba_kernels.py")

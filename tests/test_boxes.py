@@ -9,6 +9,9 @@ import pytest
 
 from ssd_deploy.ops.boxes import box_area, box_iou, decode, nms, nms_keep, scale_boxes
 
+#: Every test here runs on the numba kernels and on the numpy path (conftest.runtime_path).
+pytestmark = pytest.mark.usefixtures("runtime_path")
+
 
 # -- decode ----------------------------------------------------------------------------------------
 def test_decode_hand_computed() -> None:

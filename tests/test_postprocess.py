@@ -26,6 +26,9 @@ from ssd_deploy.model.detect import decode_reference, detect_reference  # noqa: 
 
 VAR = (0.1, 0.2)
 
+#: Every test here runs on the numba kernels and on the numpy path (conftest.runtime_path).
+pytestmark = pytest.mark.usefixtures("runtime_path")
+
 
 @pytest.fixture(scope="module")
 def priors300() -> np.ndarray:

@@ -16,6 +16,9 @@ from PIL import Image
 from ssd_deploy.config import preset
 from ssd_deploy.preprocess import ImageError, load_image, preprocess, resize_bilinear
 
+#: Every test here runs on the numba kernels and on the numpy path (conftest.runtime_path).
+pytestmark = pytest.mark.usefixtures("runtime_path")
+
 
 def rgb_pattern(h: int = 24, w: int = 32) -> np.ndarray:
     y, x = np.mgrid[0:h, 0:w]

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import jit
+
 __all__ = ["box_area", "box_iou", "decode", "nms", "nms_keep", "nms_keep_planes", "scale_boxes"]
 
 
@@ -169,6 +171,10 @@ def nms_keep_planes(
     n, k = valid.shape
     if k == 0 or n == 0:
         return valid.copy()
+    if jit.kernels() is not None:
+        starts = np.arange(0, n * k + 1, k)
+        flat = coords.reshape(4, n * k)
+        return jit.greedy_nms(flat, valid.reshape(-1), starts, iou_threshold, nan_suppresses).reshape(n, k)
     # Sets are independent: bound the [sets, K, K] matrix (8 MB at most) for large batches.
     step = max(1, _MAX_MATRIX_ELEMS // (k * k))
     if n > step:

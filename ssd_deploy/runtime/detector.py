@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 from ..config import DetectParams, SSDConfig
 from ..contract import artifact_kind, describe_suffixes
+from ..ops import jit
 from ..postprocess import Detections, detect_both
 from ..postprocess import detect as _detect_normalised
 from ..preprocess import image_list, is_single_image, preprocess
@@ -182,6 +183,8 @@ class Detector:
         self._names = np.asarray(self.config.class_names, dtype=object)
         self.variances = self.config.variances
         self._warned_fallback = False
+        # Compile (first time on a machine) or load the numba kernels now, not on the first image.
+        jit.warm_up()
 
     @classmethod
     def load(
