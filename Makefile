@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 demo: setup
 	$(PY) -m ssd_deploy.export --size 300
 	@$(PY) -c "from ssd_deploy.runtime.detector import describe_onnx_choice as d; print('fastest path here:', d())"
+	@$(PY) -c "from ssd_deploy.ops import jit; print('pre/post-processing:', jit.status())"
 	$(VENV)/bin/ssd-detect --engine export/ssd300.onnx --samples --output out/detect
 	$(VENV)/bin/ssd-check --engine export/ssd300.onnx --json out/check.json
 

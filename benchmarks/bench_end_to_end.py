@@ -5,7 +5,8 @@
 
 Post-process only: a graph whose ``loc``/``conf`` are its inputs (VOC300: 8732 priors, 21 classes)
 gets the end-to-end outputs (``ssd_deploy.endtoend.add_end_to_end``); then, interleaved per round
-on the same heads, ``numpy`` (:func:`ssd_deploy.postprocess.detect`), ``ort`` (ONNX Runtime CPU,
+on the same heads, ``numpy`` (:func:`ssd_deploy.postprocess.detect`, with the numba kernels where
+installed; ``numpy-path`` is then the same with them switched off), ``ort`` (ONNX Runtime CPU,
 fetching only ``detections``/``num_detections``) and ``openvino`` (``Core.compile_model`` on CPU,
 when installed). Heads come from ``benchmarks/bench_postprocess.py``: ``sparse`` (its photo-like
 heads with a confident background: few candidates, only the objects), ``photo-like`` (a trained SSD
@@ -42,6 +43,7 @@ from bench_postprocess import flat_heads, realistic_heads  # noqa: E402
 from ssd_deploy.config import preset  # noqa: E402
 from ssd_deploy.contract import CONFIG_KEY, DETECTIONS, NUM_DETECTIONS  # noqa: E402
 from ssd_deploy.endtoend import add_end_to_end  # noqa: E402
+from ssd_deploy.ops import jit  # noqa: E402
 from ssd_deploy.postprocess import detect  # noqa: E402
 from ssd_deploy.priors import prior_boxes  # noqa: E402
 
@@ -140,6 +142,13 @@ def postprocess_bench(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any
                 "numpy": lambda loc=loc, conf=conf: detect(loc, conf, priors, cfg.variances, params),
                 "ort": lambda feeds=feeds: sess.run([DETECTIONS, NUM_DETECTIONS], feeds),
             }
+            if jit.kernels() is not None:
+                # "numpy" above runs the numba kernels; this is the numpy path alone.
+                def numpy_path(loc: np.ndarray = loc, conf: np.ndarray = conf) -> Any:
+                    with jit.disabled():
+                        return detect(loc, conf, priors, cfg.variances, params)
+
+                variants["numpy-path"] = numpy_path
             d, n = sess.run([DETECTIONS, NUM_DETECTIONS], feeds)
             bad = {"ort": mismatches(d, n, ref)}
             if compiled is not None:
@@ -216,14 +225,14 @@ def main() -> None:
     from importlib import metadata
 
     versions = {}
-    for pkg in ("numpy", "onnxruntime", "openvino"):
+    for pkg in ("numpy", "numba", "onnxruntime", "openvino"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
     header = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
               "load_avg_1min_before": os.getloadavg()[0], "versions": versions, "threads": args.threads,
-              "rounds": args.rounds}  # fmt: skip
+              "rounds": args.rounds, "pre_post_processing": jit.status()}  # fmt: skip
     print(header)
     with tempfile.TemporaryDirectory() as d:
         result: dict[str, Any] = {"header": header, "postprocess": postprocess_bench(args, Path(d))}

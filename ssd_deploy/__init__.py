@@ -2,5 +2,5 @@
 
 from .config import SSDConfig, make_config, preset
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["SSDConfig", "preset", "make_config", "__version__"]

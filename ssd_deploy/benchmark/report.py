@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import atomic_write
+from ..ops import jit
 from .runner import STAGES, BenchError, Measurement, Settings, Subject
 from .stats import paired_ratio
 
@@ -30,8 +31,8 @@ SCHEMA = "ssd_deploy.bench/1"
 DEFAULT_CV_THRESHOLD = 5.0
 STAGE_TITLES = {"preprocess": "preprocess", "h2d": "h2d", "compute": "compute", "d2h": "d2h",
                 "postprocess": "decode+NMS"}  # fmt: skip
-_LIBRARIES = ("ssd_deploy", "numpy", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "tensorrt-cu12",
-              "tensorrt-cu13", "cuda-python", "pillow", "rich")  # fmt: skip
+_LIBRARIES = ("ssd_deploy", "numpy", "numba", "onnxruntime", "onnxruntime-gpu", "openvino", "torch",
+              "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "cuda-python", "pillow", "rich")  # fmt: skip
 
 
 # -- facts about the machine -----------------------------------------------------------------------
@@ -266,6 +267,7 @@ def build_report(
         "load_average_before": load_before,
         "load_average_after": load_after,
         "versions": library_versions(),
+        "pre_post_processing": jit.status(),
         "threads": {"clients": settings.threads, "intra_op": intra_op_threads or "library default"},
         "settings": {
             "batches": list(settings.batches), "warmup_rounds": settings.warmup,
@@ -463,6 +465,7 @@ def render(report: dict[str, Any], console: Any) -> None:
     if m.get("gpus"):
         console.print(f"GPU: {esc('; '.join(m['gpus']))}")
     console.print(esc("versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items())))
+    console.print(esc(f"pre/post-processing: {h.get('pre_post_processing', '?')}"))
     s = h["settings"]
     amount = (
         f"{s['iterations']} rounds" if s["iterations"] is not None else f"~{s['duration_s']:g} s per engine"
@@ -559,6 +562,7 @@ def markdown(report: dict[str, Any], title: str = "ssd-bench results") -> str:
         f"| GPU | {'; '.join(m['gpus']) or 'none'} |",
         f"| load average (1/5/15 min) | before {h['load_average_before']}, after {h['load_average_after']} |",
         f"| versions | {', '.join(f'{k} {v}' for k, v in h['versions'].items())} |",
+        f"| pre/post-processing | {h.get('pre_post_processing', '?')} |",
         f"| threads | {h['threads']['clients']} client, intra-op {h['threads']['intra_op']} |",
         f"| schedule | {s['warmup_rounds']} warm-up rounds, {amount}, {s['block']} call(s) per slot, "
         f"{s['order']} |",
