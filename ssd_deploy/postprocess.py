@@ -6,14 +6,16 @@ cap each image at ``keep_top_k`` detections by score across classes. torchvision
 (``DetectParams.clip_boxes``, ``wh_clamp``, ``nms_nan_suppresses``; docs/checkpoints.md) clamps
 the log-size offsets before ``exp`` and clips the boxes to the image before NMS.
 
-Everything is whole-array work; the only Python loops run over a handful of whole-array steps.
-Candidates come from one ``flatnonzero`` over a class-major score mask, after classes with more
-than ``top_k`` candidates have been thinned by a radix-histogram floor; one integer-key sort
-orders them by (image, class, descending score) and a rank cut keeps the ``top_k`` best exactly.
-Only those are decoded. Greedy NMS runs for all classes at once in its fixed-point form
+Two implementations give the same bits. Where numba is installed (:mod:`ssd_deploy.ops.jit`),
+the top-k selection and greedy NMS are compiled loops. Otherwise everything is whole-array numpy
+work: candidates come from one ``flatnonzero`` over a class-major score mask, after classes with
+more than ``top_k`` candidates have been thinned by a radix-histogram floor; one integer-key sort
+orders them by (image, class, descending score) and a rank cut keeps the ``top_k`` best exactly;
+greedy NMS runs for all classes at once in its fixed-point form
 (:func:`ssd_deploy.ops.boxes.nms_keep`), classes padded into a few size buckets so that one crowded
-class does not make every class pay for a ``top_k x top_k`` pairwise matrix. No state is shared
-between calls: the functions are safe to call from several threads.
+class does not make every class pay for a ``top_k x top_k`` pairwise matrix. Either way only the
+candidates are decoded, and no state is shared between calls: the functions are safe to call from
+several threads.
 """
 
 from __future__ import annotations
@@ -157,9 +159,10 @@ def _candidates(
     """
     b, p, c = conf.shape
     k = params.top_k
-    if jit.kernels() is not None:
+    kernels = jit.kernels()
+    if kernels is not None:
         background = params.background_label if 0 <= params.background_label < c else -1
-        return jit.top_k_candidates(conf, params.conf_thresh, k, background)
+        return kernels.top_k_candidates(conf, params.conf_thresh, k, background)
     thresh = np.float32(params.conf_thresh) + np.float32(0.0)  # -0.0 -> +0.0 for the bit-pattern floor
     # Class-major copy: each (image, class) group becomes one contiguous row.
     rows = np.ascontiguousarray(conf.transpose(0, 2, 1)).reshape(b * c, p)
@@ -198,11 +201,12 @@ def _bucket_nms(
     n = rank.shape[0]
     if n == 0:
         return np.zeros(0, dtype=bool)
-    if jit.kernels() is not None:
+    kernels = jit.kernels()
+    if kernels is not None:
         # Compiled greedy loop over the groups as they lie (no padding): same result, a few times
         # cheaper since it only compares kept boxes with the ones still alive after them.
         starts = np.append(np.flatnonzero(rank == 0), n)
-        return jit.greedy_nms(boxes.T, np.ones(n, dtype=bool), starts, iou_threshold, nan_suppresses)
+        return kernels.greedy_nms(boxes.T, np.ones(n, dtype=bool), starts, iou_threshold, nan_suppresses)
     gi = np.cumsum(rank == 0) - 1  # dense group index of each element
     sizes = np.bincount(gi)
     kmax = int(sizes.max())

@@ -1,4 +1,6 @@
-"""Image loading and batching for the runtime (docs/ssd.md ("Preprocessing")), with numpy and Pillow only.
+"""Image loading and batching for the runtime (docs/ssd.md ("Preprocessing")), with numpy and Pillow
+(the resize + mean runs as a numba kernel with the same results where :mod:`ssd_deploy.ops.jit` has
+one).
 
 ``load_image`` turns whatever a caller has (a path, encoded bytes, a PIL image, an array) into an
 ``[H, W, 3]`` uint8 RGB array, and turns every way that can fail on untrusted input (not an image,
@@ -272,8 +274,8 @@ def preprocess(
     mean = [np.float32(m) for m in config.mean]
     # Pixels come out of load_image as RGB; the model may want BGR.
     order = (2, 1, 0) if config.channel_order == "BGR" else (0, 1, 2)
-    fused = jit.kernels() is not None
-    if fused:
+    kernels = jit.kernels()
+    if kernels is not None:
         order_arr, mean_arr = np.array(order, dtype=np.int64), np.array(mean, dtype=np.float32)
     sizes = []
     for i, src in enumerate(items):
@@ -284,9 +286,9 @@ def preprocess(
                 raise
             raise ImageError(f"image {i} of {len(items)}: {e}") from None
         sizes.append((int(rgb.shape[1]), int(rgb.shape[0])))
-        if fused:  # the same arithmetic as below in one compiled pass (ssd_deploy.ops.jit)
+        if kernels is not None:  # the same arithmetic as below in one compiled pass (ssd_deploy.ops.jit)
             tables = _axis_table(rgb.shape[0], s) + _axis_table(rgb.shape[1], s)
-            jit.resize_normalize(rgb, tables, order_arr, mean_arr, batch[i])
+            kernels.resize_normalize(rgb, tables, order_arr, mean_arr, batch[i])
             continue
         resized = resize_bilinear(rgb, s)
         for c, src_c in enumerate(order):  # channel reorder, mean and HWC -> CHW in one pass each

@@ -15,7 +15,7 @@ import pytest
 
 from ssd_deploy.config import DetectParams, preset
 from ssd_deploy.ops import jit
-from ssd_deploy.ops.boxes import nms_keep
+from ssd_deploy.ops.boxes import nms, nms_keep, nms_keep_planes
 from ssd_deploy.postprocess import _candidates, detect, detect_array
 from ssd_deploy.preprocess import preprocess
 from ssd_deploy.priors import prior_boxes
@@ -187,3 +187,82 @@ def test_disabled_is_scoped() -> None:
             assert jit.kernels() is None
         assert jit.kernels() is None
     assert jit.kernels() is not None
+
+
+@pytest.mark.parametrize("t", [float("inf"), float("-inf"), float("nan"), 1e39, -0.5])
+def test_nms_thresholds_outside_the_unit_interval_agree(t) -> None:
+    # The public box functions do not validate the threshold; both paths must still agree (the
+    # kernel once derived its 0 from the threshold, so t = inf made its clamps NaN).
+    boxes = np.array([[0, 0, 1, 1], [1e30, 1e30, 2e30, 2e30], [0, 0, 1, 1], [0.5, 0.5, 1.5, 1.5]], np.float32)
+    with np.errstate(all="ignore"):  # areas of 1e30-sized boxes overflow on purpose
+        got, want = both(nms, boxes, np.array([1, 0.5, 0.4, 0.3]), t)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_float16_and_byte_swapped_planes_agree() -> None:
+    rng = np.random.default_rng(5)
+    boxes = random_boxes(rng, 3, 30, np.float64)
+    for dtype in (np.float16, np.dtype(">f8"), np.dtype(">f4")):
+        planes = np.ascontiguousarray(np.moveaxis(boxes, -1, 0)).astype(dtype)
+        with np.errstate(all="ignore"):
+            got, want = both(nms_keep_planes, planes, np.ones((3, 30), bool), 0.6)
+        np.testing.assert_array_equal(got, want, err_msg=str(dtype))
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan")])
+def test_kernel_refuses_negative_or_nan_score_threshold(bad) -> None:
+    # Its histogram compares bit patterns from the threshold up: a negative one would index below it.
+    conf = np.linspace(-0.4, 0.9, 64, dtype=np.float32).reshape(1, 32, 2)
+    with pytest.raises(ValueError, match="conf_thresh"):
+        jit.kernels().top_k_candidates(conf, bad, 3, -1)
+
+
+def test_disabled_in_another_thread_never_breaks_a_running_call() -> None:
+    rng = np.random.default_rng(6)
+    priors = prior_boxes(preset("voc300").prior)
+    loc = rng.normal(0, 1, (1, priors.shape[0], 4)).astype(np.float32)
+    conf = rng.dirichlet(np.ones(21), (1, priors.shape[0])).astype(np.float32)
+    want = detect_array(loc, conf, priors)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            while not stop.is_set():
+                np.testing.assert_array_equal(detect_array(loc, conf, priors), want)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        for _ in range(300):
+            with jit.disabled():
+                pass
+    finally:
+        stop.set()
+        worker.join()
+    assert not errors, errors[0]
+
+
+def test_numba_disable_jit_selects_the_numpy_path() -> None:
+    code = "from ssd_deploy.ops import jit; print(jit.status())"
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1", PYTHONPATH=str(ROOT))
+    env.pop("SSD_DEPLOY_JIT", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "numpy (NUMBA_DISABLE_JIT is set)"
+
+
+def test_a_kernel_that_fails_to_compile_falls_back_to_numpy(monkeypatch, caplog) -> None:
+    class Broken(jit.Kernels):
+        def greedy_nms(self, *args, **kwargs):
+            raise RuntimeError("no LLVM today")
+
+    monkeypatch.setattr(jit, "_loaded", Broken(jit.kernels()._k, "0"))
+    monkeypatch.setattr(jit, "_tried", True)
+    monkeypatch.setattr(jit, "_warm", False)
+    monkeypatch.setattr(jit, "_why_not", None)
+    assert jit.warm_up() is False
+    assert jit.kernels() is None
+    assert jit.status() == "numpy (numba failed to compile the kernels (RuntimeError))"
+    assert "failed to compile" in caplog.text

@@ -23,14 +23,14 @@ _JIT = {"nogil": True, "cache": True, "error_model": "numpy", "boundscheck": Fal
 
 
 @njit(**_JIT)
-def greedy_nms(x1, y1, x2, y2, keep, starts, t, nan_suppresses):
+def greedy_nms(x1, y1, x2, y2, keep, starts, t, zero, nan_suppresses):
     """In place: ``keep`` (valid candidates in) becomes the boxes greedy NMS keeps.
 
     Boxes ``starts[g]:starts[g + 1]`` form group ``g``, sorted by descending score. A box is
     suppressed by an earlier kept box of its group when ``not iou <= t`` (``nan_suppresses``:
-    ssd.pytorch, a NaN IoU suppresses) or ``iou > t`` (torchvision).
+    ssd.pytorch, a NaN IoU suppresses) or ``iou > t`` (torchvision). ``zero`` is 0 in the boxes'
+    float type (an argument, so that the clamps stay exact whatever ``t`` is, inf and NaN included).
     """
-    zero = t - t  # 0 in the threshold's float type
     m = x1.shape[0]
     area = np.empty(m, dtype=x1.dtype)
     for j in range(m):

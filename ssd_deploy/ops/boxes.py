@@ -1,4 +1,5 @@
-"""Box arithmetic for the runtime: decode, areas, IoU and batched greedy NMS, in numpy only.
+"""Box arithmetic for the runtime: decode, areas, IoU and batched greedy NMS, in numpy (greedy NMS
+runs as a numba kernel with the same results where :mod:`ssd_deploy.ops.jit` has one).
 
 Boxes are corner boxes ``(x1, y1, x2, y2)``; every function accepts any number of leading
 dimensions. The arithmetic follows ssd.pytorch (docs/ssd.md ("Detect")) operation by operation, in float32,
@@ -171,10 +172,16 @@ def nms_keep_planes(
     n, k = valid.shape
     if k == 0 or n == 0:
         return valid.copy()
-    if jit.kernels() is not None:
+    # float64 stays float64; anything else (float16, other byte orders) is computed in float32.
+    dtype = np.float64 if coords.dtype.kind == "f" and coords.dtype.itemsize == 8 else np.float32
+    coords = np.ascontiguousarray(coords, dtype=dtype)
+    kernels = jit.kernels()
+    if kernels is not None:
         starts = np.arange(0, n * k + 1, k)
-        flat = coords.reshape(4, n * k)
-        return jit.greedy_nms(flat, valid.reshape(-1), starts, iou_threshold, nan_suppresses).reshape(n, k)
+        keep = kernels.greedy_nms(
+            coords.reshape(4, n * k), valid.reshape(-1), starts, iou_threshold, nan_suppresses
+        )
+        return keep.reshape(n, k)
     # Sets are independent: bound the [sets, K, K] matrix (8 MB at most) for large batches.
     step = max(1, _MAX_MATRIX_ELEMS // (k * k))
     if n > step:
