@@ -9,9 +9,10 @@ numba's own ``NUMBA_DISABLE_JIT=1``, or when numba fails to import or compile th
 runs. numba caches compiled code on disk, so only the first process on a machine pays the compile
 (~6 s here); later processes load it in ~1 s. :func:`warm_up` does either up front.
 
-Callers take the kernels once per call (``k = kernels()``; ``None`` means the numpy path) and use
-that object throughout, so a :func:`disabled` block entered by another thread meanwhile cannot
-switch paths in the middle of a call.
+Each step takes the kernels once (``k = kernels()``; ``None`` means the numpy path) and uses that
+object throughout, so a :func:`disabled` block entered by another thread meanwhile cannot switch
+paths in the middle of a step. Steps of one call may then run on different paths; both give the
+same bits, so the result does not change.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def _load() -> tuple[Kernels | None, str | None]:
 @contextmanager
 def disabled() -> Iterator[None]:
     """Run the numpy path inside the block, process-wide (for tests and benchmarks that compare the
-    two paths). Calls already running keep the path they started with."""
+    two paths). Steps already running finish on the path they started on."""
     global _off
     with _lock:
         _off += 1
